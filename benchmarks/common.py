@@ -1,0 +1,62 @@
+"""Shared benchmark plumbing: interleaved timing (so machine noise hits every variant alike), a printed
+table and a JSON file under benchmarks/results/."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from drllm_core import io
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict:
+    """Median wall seconds per variant; the variants run round-robin so drift affects all of them."""
+    for _ in range(warmup):
+        for run in variants.values():
+            run()
+    samples = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    columns = list(rows[0])
+    cells = [[_fmt(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    payload = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        **payload,
+    }
+    path = io.write_json(RESULTS / f"{name}.json", payload)
+    print(f"\nwrote {path}")
+    return path

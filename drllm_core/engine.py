@@ -1,0 +1,372 @@
+"""The path engine: run a frozen transformers causal LM along any layer path, per row of a batch.
+
+It calls the model's own modules (embeddings, decoder layers, rotary embeddings, the mask helpers of
+`transformers.masking_utils`, final norm, lm_head) in the order a path asks for, instead of `model(...)`:
+
+* mixed paths: per layer, the block runs only on the rows that execute it (twice for rows that repeat it);
+* prefix reuse: `embed` and `run(..., start, stop)` return a `HiddenState` that can be continued with
+  several different suffixes (`HiddenState.select` duplicates rows), exactly;
+* packed choices: `segment_ids` let several continuations share one question context in a single row;
+* cached generation: `generate` keeps one KV slot per (layer, pass), so the second pass of a repeated
+  layer attends to its own keys and values, never the first pass's;
+* accounting: `BlockCounter` counts every block evaluation so callers can report compute.
+
+Only the attention implementations whose masks are plain tensors (sdpa, eager) are supported.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+from transformers.masking_utils import and_masks, create_causal_mask, create_sliding_window_causal_mask
+
+from drllm_core.paths import LayerPath
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+PathsLike = Sequence[LayerPath] | Tensor  # one LayerPath per row, or a (B, L) tensor of counts
+
+
+@dataclass
+class BlockCounter:
+    """Running totals of block evaluations: `rows` counts one per row and block call (the search's cost
+    unit), `tokens` multiplies by the tokens processed (the compute actually spent)."""
+
+    rows: int = 0
+    tokens: int = 0
+
+    def add(self, rows: int, tokens_per_row: int) -> None:
+        self.rows += rows
+        self.tokens += rows * tokens_per_row
+
+
+@dataclass
+class HiddenState:
+    """The residual stream at a layer boundary, with everything the remaining layers need."""
+
+    hidden: Tensor  # (B, T, D)
+    position_ids: Tensor  # (B, T)
+    masks: dict[str, Tensor | None]  # per attention type: (B, 1, T, K) bool, or None for plain causal
+    position_embeddings: dict[str, tuple[Tensor, Tensor]]  # per attention type: cos, sin (B, T, head_dim)
+    layer: int = 0  # next layer to run
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[0]
+
+    def select(self, rows: Tensor | Sequence[int]) -> HiddenState:
+        """A state made of the given rows, in that order; a row may appear several times (prefix reuse)."""
+        rows = torch.as_tensor(rows, device=self.hidden.device, dtype=torch.long)
+        return HiddenState(
+            hidden=self.hidden.index_select(0, rows),
+            position_ids=self.position_ids.index_select(0, rows),
+            masks={kind: _rows(mask, rows) for kind, mask in self.masks.items()},
+            position_embeddings={
+                kind: (_rows(cos, rows), _rows(sin, rows))
+                for kind, (cos, sin) in self.position_embeddings.items()
+            },
+            layer=self.layer,
+        )
+
+
+class PathKVCache:
+    """KV cache with one slot per (layer, pass): slot 2*l holds the first pass of layer l, slot 2*l+1 the
+    second pass of a repeated layer. A slot stores only the rows that run it, and those rows are fixed
+    for a whole generation because a path is decided once per input.
+
+    It answers the two size questions transformers' mask helpers ask (`get_query_offset`,
+    `get_mask_sizes`) from its own token count, so masks stay right when no row runs a given layer."""
+
+    def __init__(self, num_layers: int):
+        self.slots = [DynamicLayer() for _ in range(2 * num_layers)]
+        self.seen_tokens = 0
+
+    def view(self, layer: int, repeat_pass: int) -> _SlotView:
+        return _SlotView(self.slots[2 * layer + repeat_pass])
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.seen_tokens + query_length, 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+
+class _SlotView:
+    """What a decoder layer sees as `past_key_values`: attention calls `update(k, v, layer_idx)`, and the
+    view stores into its own slot whatever `layer_idx` the module was built with."""
+
+    def __init__(self, slot: DynamicLayer):
+        self.slot = slot
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        return self.slot.update(key_states, value_states)
+
+
+@dataclass
+class Generation:
+    """Greedy generation results."""
+
+    tokens: Tensor  # (B, N) generated token ids; after EOS a row holds pad tokens
+    step_logits: list[Tensor] = field(default_factory=list)  # per step (B, V), kept when asked for
+    lengths: Tensor | None = None  # (B,) generated tokens per row, EOS included
+
+
+class PathEngine:
+    """Runs one frozen causal LM along layer paths. Build once per model; it holds no per-batch state."""
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        self.config = model.config
+        self.decoder = model.model
+        self.layers = self.decoder.layers
+        self.num_layers = self.config.num_hidden_layers
+        self.layer_types = self._layer_types()
+        self.counter = BlockCounter()
+        self._rotary_takes_type = (
+            "layer_type" in inspect.signature(self.decoder.rotary_emb.forward).parameters
+        )
+        implementation = self.config._attn_implementation
+        if implementation not in ("sdpa", "eager"):
+            raise ValueError(
+                f"the path engine needs attn_implementation sdpa or eager, not {implementation!r}"
+            )
+
+    def _layer_types(self) -> list[str]:
+        types = getattr(self.config, "layer_types", None)
+        if types is None:  # Mistral-style configs: one sliding window for all layers, when set
+            kind = SLIDING if getattr(self.config, "sliding_window", None) else FULL
+            types = [kind] * self.num_layers
+        return list(types)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed_tokens.weight.device
+
+    # ---- building a state ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        cache: PathKVCache | None = None,
+    ) -> HiddenState:
+        """Embed tokens and prepare masks and rotary embeddings; the state sits before layer 0.
+
+        attention_mask: (B, K) with 1 for real tokens, K = cached + new tokens. Left or right padding.
+        position_ids: default counts real tokens only (cumsum of the mask), so a padded row gets the
+          positions it would have alone.
+        segment_ids: (B, T) packed continuations: 0 marks the shared context, k > 0 continuation k; a token
+          sees the context and earlier tokens of its own continuation only (positions must restart per
+          continuation, as `pack_choices` builds them).
+        """
+        input_ids = input_ids.to(self.device)
+        batch, length = input_ids.shape
+        if attention_mask is None and segment_ids is not None:
+            # An explicit mask stops transformers from reading restarted positions as separate packed sequences.
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        if position_ids is None:
+            position_ids = self._default_positions(attention_mask, batch, length, cache)
+        position_ids = position_ids.to(self.device).expand(batch, -1)
+        hidden = self.decoder.embed_tokens(input_ids)
+        masks = self._masks(hidden, attention_mask, position_ids, segment_ids, cache)
+        position_embeddings = {
+            kind: self._rotary(hidden, position_ids, kind) for kind in dict.fromkeys(self.layer_types)
+        }
+        return HiddenState(hidden, position_ids, masks, position_embeddings)
+
+    def _default_positions(self, attention_mask, batch, length, cache) -> Tensor:
+        offset = cache.seen_tokens if cache is not None else 0
+        if attention_mask is None:
+            return torch.arange(offset, offset + length, device=self.device).unsqueeze(0).expand(batch, -1)
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)[:, -length:]
+
+    def _rotary(self, hidden: Tensor, position_ids: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+        if self._rotary_takes_type:
+            return self.decoder.rotary_emb(hidden, position_ids, kind)
+        return self.decoder.rotary_emb(hidden, position_ids)
+
+    def _masks(self, hidden, attention_mask, position_ids, segment_ids, cache) -> dict[str, Tensor | None]:
+        common = {
+            "config": self.config,
+            "inputs_embeds": hidden,
+            "attention_mask": attention_mask,
+            "past_key_values": cache,
+            "position_ids": position_ids,
+            "layer_idx": 0,
+        }
+        masks = {}
+        for kind in dict.fromkeys(self.layer_types):
+            window = self.config.sliding_window if kind == SLIDING else None
+            if segment_ids is not None:
+                # Packed rows: index distance is not position distance, so the window is applied by position.
+                rule = _same_segment_or_context(segment_ids.to(self.device))
+                if window is not None:
+                    rule = and_masks(rule, _within_window(position_ids, window))
+                masks[kind] = create_causal_mask(**common, and_mask_function=rule)
+            elif window is not None:
+                masks[kind] = create_sliding_window_causal_mask(**common)
+            else:
+                masks[kind] = create_causal_mask(**common)
+        return masks
+
+    # ---- running layers ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(
+        self,
+        state: HiddenState,
+        paths: PathsLike,
+        stop: int | None = None,
+        cache: PathKVCache | None = None,
+    ) -> HiddenState:
+        """Run layers state.layer .. stop-1 of each row's path; returns a new state (the input is untouched)."""
+        counts = self.counts_tensor(paths, state.batch_size)
+        stop = self.num_layers if stop is None else stop
+        hidden = state.hidden
+        for layer in range(state.layer, stop):
+            for repeat_pass in range(int(counts[:, layer].max())):
+                hidden = self._block(layer, repeat_pass, hidden, counts[:, layer] > repeat_pass, state, cache)
+        return HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, stop)
+
+    def _block(self, layer, repeat_pass, hidden, active: Tensor, state: HiddenState, cache) -> Tensor:
+        """One pass of one decoder layer over the active rows; inactive rows pass through unchanged."""
+        kind = self.layer_types[layer]
+        every_row = bool(active.all())
+        rows = None if every_row else active.nonzero().squeeze(1).to(hidden.device)
+        cos, sin = state.position_embeddings[kind]
+        out = self.layers[layer](
+            _rows(hidden, rows),
+            attention_mask=_rows(state.masks[kind], rows),
+            position_embeddings=(_rows(cos, rows), _rows(sin, rows)),
+            position_ids=_rows(state.position_ids, rows),
+            past_key_values=cache.view(layer, repeat_pass) if cache is not None else None,
+        )
+        out = out[0] if isinstance(out, tuple) else out
+        self.counter.add(out.shape[0], out.shape[1])
+        return out if every_row else hidden.index_copy(0, rows, out)
+
+    @torch.no_grad()
+    def logits(self, state: HiddenState, positions: Tensor | None = None) -> Tensor:
+        """Final norm and lm_head only where asked: positions (B, P) token indices -> (B, P, V) in the model's
+        dtype, as model(...) returns them (upcast before a softmax). None means every position."""
+        assert state.layer == self.num_layers, f"state is at layer {state.layer}, not after the last layer"
+        hidden = state.hidden
+        if positions is not None:
+            positions = positions.to(hidden.device)
+            hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        logits = self.model.lm_head(self.decoder.norm(hidden))
+        softcap = getattr(self.config, "final_logit_softcapping", None)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: Tensor,
+        paths: PathsLike | None = None,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Logits along the given paths (default path when None), at `positions` (None: all)."""
+        state = self.embed(input_ids, attention_mask, position_ids, segment_ids)
+        paths = self.default_paths(input_ids.shape[0]) if paths is None else paths
+        return self.logits(self.run(state, paths), positions)
+
+    # ---- generation --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        paths: PathsLike | None = None,
+        attention_mask: Tensor | None = None,
+        max_new_tokens: int = 64,
+        eos_token_ids: Sequence[int] = (),
+        pad_token_id: int = 0,
+        keep_logits: bool = False,
+    ) -> Generation:
+        """Greedy decoding with a KV cache; each row keeps its path for every generated token.
+        Prompts must be left-padded when their lengths differ."""
+        batch = input_ids.shape[0]
+        counts = self.counts_tensor(self.default_paths(batch) if paths is None else paths, batch)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(self.device)
+        cache = PathKVCache(self.num_layers)
+        eos = torch.tensor(list(eos_token_ids), device=self.device, dtype=torch.long)
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
+        tokens, step_logits, step_ids = [], [], input_ids.to(self.device)
+        for _ in range(max_new_tokens):
+            state = self.embed(step_ids, attention_mask, cache=cache)
+            state = self.run(state, counts, cache=cache)
+            cache.seen_tokens += step_ids.shape[1]
+            logits = self.logits(state, torch.full((batch, 1), step_ids.shape[1] - 1))[:, 0]
+            if keep_logits:
+                step_logits.append(logits)
+            next_ids = logits.argmax(-1).masked_fill(done, pad_token_id)
+            tokens.append(next_ids)
+            lengths += (~done).long()
+            done |= torch.isin(next_ids, eos)
+            if bool(done.all()):
+                break
+            step_ids = next_ids.unsqueeze(1)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+        return Generation(torch.stack(tokens, dim=1), step_logits, lengths)
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def default_paths(self, batch: int) -> Tensor:
+        return torch.ones(batch, self.num_layers, dtype=torch.long)
+
+    def counts_tensor(self, paths: PathsLike, batch: int) -> Tensor:
+        """(B, L) int64 counts on the CPU (decisions are read on the host to pick rows)."""
+        if isinstance(paths, Tensor):
+            counts = paths.detach().to("cpu", torch.long)
+        else:
+            counts = torch.tensor([list(p.counts) for p in paths], dtype=torch.long)
+        if counts.shape != (batch, self.num_layers):
+            raise ValueError(
+                f"expected one path of {self.num_layers} layer counts per row for {batch} rows, "
+                f"got counts of shape {tuple(counts.shape)}"
+            )
+        if counts.min() < 0 or counts.max() > 2:
+            raise ValueError(
+                f"layer counts must lie in 0..2, got values {sorted(set(counts.flatten().tolist()))}"
+            )
+        return counts
+
+
+def _rows(tensor: Tensor | None, rows: Tensor | None) -> Tensor | None:
+    """Select batch rows; tensors broadcast over the batch (size 1) and None pass through."""
+    if tensor is None or rows is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor.index_select(0, rows.to(tensor.device))
+
+
+def _same_segment_or_context(segment_ids: Tensor):
+    def rule(batch_idx, head_idx, q_idx, kv_idx):
+        kv_segment = segment_ids[batch_idx, kv_idx]
+        return (kv_segment == 0) | (kv_segment == segment_ids[batch_idx, q_idx])
+
+    return rule
+
+
+def _within_window(position_ids: Tensor, window: int):
+    def rule(batch_idx, head_idx, q_idx, kv_idx):
+        return position_ids[batch_idx, kv_idx] > position_ids[batch_idx, q_idx] - window
+
+    return rule

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny randomly initialised models of every supported family (no downloads) for the unit
+tests, and the real embedded default model for the integration tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from drllm_core.models import LoadedModel, ModelSpec
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+_COMMON = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=260,  # 256 byte tokens + the specials of tiny_tokenizer()
+    max_position_embeddings=512,
+    pad_token_id=256,
+    bos_token_id=257,
+    eos_token_id=258,
+)
+TINY_CONFIGS = {
+    "llama": lambda: LlamaConfig(**_COMMON),
+    "qwen2": lambda: Qwen2Config(**_COMMON),
+    "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
+    "mistral": lambda: MistralConfig(**_COMMON, sliding_window=7),
+    # alternating sliding (window 5) and full attention layers, as in Gemma 3
+    "gemma3": lambda: Gemma3TextConfig(
+        **_COMMON,
+        head_dim=16,
+        sliding_window=5,
+        layer_types=["sliding_attention", "full_attention"] * 3,
+        final_logit_softcapping=30.0,
+    ),
+}
+
+
+def tiny_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[family]()
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    return model.eval().requires_grad_(False)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A real byte-level tokenizer (one token per byte, no merges) with a chat template; built offline."""
+    vocab = {char: index for index, char in enumerate(bytes_to_unicode().values())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<pad>", "<s>", "</s>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    assert tokenizer.convert_tokens_to_ids(["<pad>", "<s>", "</s>"]) == [256, 257, 258]
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    return tokenizer
+
+
+def tiny_loaded(family: str = "llama", seed: int = 0) -> LoadedModel:
+    """A tiny random model with a real tokenizer, shaped like what load_model returns."""
+    return LoadedModel(
+        tiny_model(family, seed), tiny_tokenizer(), ModelSpec(spec=f"tiny:{family}"), f"tiny-{family}"
+    )
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def family_model(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real embedded default (SmolLM2-135M-Instruct), loaded once per test session."""
+    from drllm_core.models import ModelSpec, load_model
+
+    return load_model(ModelSpec(cache_dir=os.environ.get("DRLLM_MODEL_CACHE", "models/base")))

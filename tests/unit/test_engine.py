@@ -1,0 +1,174 @@
+"""The path engine against independent references, on tiny random models of every supported family."""
+
+import pytest
+import torch
+from torch import nn
+
+from drllm_core.engine import PathEngine
+from drllm_core.paths import LayerPath
+from tests.conftest import tiny_model
+
+L = 6
+
+
+def _batch(lengths, vocab=256, seed=0, left=False):
+    """Random token rows of the given lengths, padded with 0 on the right (or left)."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        span = slice(width - n, width) if left else slice(0, n)
+        ids[row, span] = torch.randint(0, vocab, (n,), generator=g)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def _reference_logits(model, counts, ids):
+    """Independent reference: rebuild the model's layer list in path order and call model(...) itself."""
+    layers = model.model.layers
+    config = model.config
+    order = LayerPath(tuple(counts)).order
+    saved = (layers, config.num_hidden_layers, getattr(config, "layer_types", None))
+    try:
+        model.model.layers = nn.ModuleList([layers[i] for i in order])
+        config.num_hidden_layers = len(order)
+        if saved[2] is not None:
+            config.layer_types = [saved[2][i] for i in order]
+        return model(input_ids=ids, use_cache=False).logits
+    finally:
+        model.model.layers, config.num_hidden_layers = saved[0], saved[1]
+        if saved[2] is not None:
+            config.layer_types = saved[2]
+
+
+MIXED = [
+    (1, 1, 1, 1, 1, 1),
+    (1, 0, 0, 1, 2, 1),
+    (2, 1, 0, 1, 0, 2),
+    (0, 1, 1, 2, 2, 0),
+]
+
+
+def test_default_path_reproduces_model_exactly_on_a_padded_batch(family_model):
+    ids, mask = _batch([9, 4, 7])
+    engine = PathEngine(family_model)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    expected = family_model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    got = engine.forward(ids, attention_mask=mask)
+    real = mask.bool()
+    assert torch.equal(got[real], expected[real])
+
+
+def test_paths_with_skips_and_repeats_match_a_reordered_model(family_model):
+    ids, _ = _batch([8])
+    engine = PathEngine(family_model)
+    for counts in MIXED:
+        got = engine.forward(ids, torch.tensor([counts]))
+        torch.testing.assert_close(got, _reference_logits(family_model, counts, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_paths_in_one_batch_equal_each_row_alone(family_model):
+    lengths = [8, 5, 8, 6]
+    ids, mask = _batch(lengths)
+    engine = PathEngine(family_model)
+    batched = engine.forward(ids, torch.tensor(MIXED), attention_mask=mask)
+    for row, n in enumerate(lengths):
+        alone = engine.forward(ids[row : row + 1, :n], torch.tensor([MIXED[row]]))
+        torch.testing.assert_close(batched[row, :n], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_reuse_continues_several_suffixes_exactly(family_model):
+    ids, mask = _batch([7, 5])
+    engine = PathEngine(family_model)
+    prefix = engine.run(engine.embed(ids, mask), torch.tensor([[1, 0, 2, 1, 1, 1]] * 2), stop=3)
+    suffixes = torch.tensor([[1, 0, 2, 1, 0, 1], [1, 0, 2, 2, 1, 0], [1, 0, 2, 0, 1, 2]])
+    for row in range(2):
+        expanded = prefix.select([row] * 3)
+        got = engine.logits(engine.run(expanded, suffixes))
+        full = engine.forward(ids[[row] * 3], suffixes, attention_mask=mask[[row] * 3])
+        assert torch.equal(got, full)
+    assert prefix.layer == 3
+
+
+def test_logits_only_at_requested_positions(family_model):
+    ids, _ = _batch([6, 6])
+    engine = PathEngine(family_model)
+    full = engine.forward(ids)
+    positions = torch.tensor([[5], [2]])
+    got = engine.forward(ids, positions=positions)
+    assert got.shape == (2, 1, full.shape[-1])
+    # equal up to matmul rounding: lm_head runs on 2 rows here instead of 12
+    torch.testing.assert_close(got[:, 0], torch.stack([full[0, 5], full[1, 2]]), rtol=1e-6, atol=1e-6)
+
+
+def test_packed_continuations_equal_separate_rows(family_model):
+    """Two continuations sharing one context in a single row give the logits of two separate rows."""
+    engine = PathEngine(family_model)
+    context, first, second = [5, 9, 14, 30, 22, 7, 8], [40, 41, 42], [50, 51]
+    packed = torch.tensor([context + first + second])
+    segments = torch.tensor([[0] * 7 + [1] * 3 + [2] * 2])
+    positions = torch.tensor([[*list(range(7)), 7, 8, 9, 7, 8]])
+    counts = torch.tensor([[1, 2, 0, 1, 1, 1]])
+    got = engine.forward(packed, counts, position_ids=positions, segment_ids=segments)
+    one = engine.forward(torch.tensor([context + first]), counts)
+    two = engine.forward(torch.tensor([context + second]), counts)
+    torch.testing.assert_close(got[0, :10], one[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0, 10:], two[0, 7:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "mistral"])
+def test_cached_generation_matches_recomputation_with_mixed_paths(family):
+    """Each generated step's logits equal a cache-free forward over the whole sequence. Gemma3 and Mistral
+    have sliding windows (5 and 7 tokens) shorter than the sequence, and layers repeat: a repeated layer's
+    second pass must attend to its own keys and values."""
+    model = tiny_model(family)
+    engine = PathEngine(model)
+    ids, mask = _batch([9, 4, 6], left=True)
+    counts = torch.tensor(MIXED[1:])
+    out = engine.generate(ids, counts, mask, max_new_tokens=8, keep_logits=True)
+    sequence = torch.cat([ids, out.tokens], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(out.tokens)], dim=1)
+    recomputed = engine.forward(sequence, counts, attention_mask=full_mask)
+    width = ids.shape[1]
+    for step, logits in enumerate(out.step_logits):
+        torch.testing.assert_close(logits, recomputed[:, width - 1 + step], rtol=1e-4, atol=1e-4)
+
+
+def test_generation_on_the_default_path_equals_transformers_generate():
+    model = tiny_model("llama")
+    ids, mask = _batch([7, 4], left=True)
+    ours = PathEngine(model).generate(ids, None, mask, max_new_tokens=6).tokens
+    theirs = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
+    )
+    assert torch.equal(ours, theirs[:, ids.shape[1] :])
+
+
+def test_generation_stops_rows_at_eos_and_pads_them():
+    model = tiny_model("llama")
+    engine = PathEngine(model)
+    ids, mask = _batch([5, 5], left=True)
+    free = engine.generate(ids, None, mask, max_new_tokens=5)
+    stop_token = int(free.tokens[0, 1])
+    out = engine.generate(ids, None, mask, max_new_tokens=5, eos_token_ids=[stop_token], pad_token_id=0)
+    assert out.lengths[0] == 2
+    assert out.tokens[0, 2:].eq(0).all()
+
+
+def test_block_counter_counts_rows_and_tokens():
+    model = tiny_model("llama")
+    engine = PathEngine(model)
+    ids, _ = _batch([4, 4])
+    engine.forward(ids, torch.tensor([[1, 0, 1, 1, 2, 2], [1, 1, 1, 1, 1, 1]]))
+    assert engine.counter.rows == 7 + 6
+    assert engine.counter.tokens == (7 + 6) * 4
+
+
+def test_bad_paths_are_refused_with_the_shape():
+    engine = PathEngine(tiny_model("llama"))
+    ids, _ = _batch([4])
+    with pytest.raises(ValueError, match="one path of 6 layer counts per row"):
+        engine.forward(ids, torch.tensor([[1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"0\.\.2"):
+        engine.forward(ids, torch.tensor([[1, 3, 1, 1, 1, 1]]))

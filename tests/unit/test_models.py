@@ -1,0 +1,76 @@
+"""Model specs resolve to clear errors before any weights load; dtype and device rules."""
+
+import pytest
+import torch
+from transformers import GPT2Config
+
+from drllm_core.models import (
+    ModelLoadError,
+    ModelSpec,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    weights_fingerprint,
+)
+from tests.conftest import tiny_model
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "nothing.gguf"))
+
+
+def test_corrupt_gguf_file(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(ModelLoadError, match="incomplete or corrupt"):
+        load_model(str(bad))
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_corrupt_weights_in_a_model_folder(tmp_path):
+    tiny_model("llama").config.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ModelLoadError, match="incomplete or corrupt"):
+        load_model(str(tmp_path))
+
+
+def test_unroutable_architecture_is_named(tmp_path):
+    GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="'gpt2'.*cannot be routed"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("spec", ["embedded:nope", "just some words", "./relative/missing"])
+def test_unknown_specs(spec):
+    with pytest.raises(ModelLoadError, match="unknown embedded model|neither an embedded model"):
+        load_model(spec)
+
+
+def test_unknown_params_keys():
+    with pytest.raises(ModelLoadError, match="unknown keys"):
+        ModelSpec.from_params({"spec": "x", "dtyp": "auto"})
+
+
+def test_dtype_and_device_rules():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) is torch.float32
+    assert resolve_dtype("auto", cpu) in (torch.bfloat16, torch.float32)
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        resolve_dtype("int4", cpu)
+    assert resolve_device("cpu") == cpu
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_fingerprint_ignores_dtype_but_not_weights():
+    model = tiny_model("llama", seed=0)
+    same = weights_fingerprint(model)
+    assert weights_fingerprint(tiny_model("llama", seed=0).to(torch.bfloat16)) == same
+    assert weights_fingerprint(tiny_model("llama", seed=1)) != same
