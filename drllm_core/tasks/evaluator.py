@@ -1,0 +1,164 @@
+"""Score a list of examples under per-example layer paths: the one entry point stages and benchmarks use.
+
+Examples are grouped by scorer and sorted by length so that each batched forward wastes little padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from drllm_core.engine import PathEngine
+from drllm_core.tasks.prompts import Prompt, TaskSettings, render, settings_for
+from drllm_core.tasks.registry import TaskSpec, get_task, local_task
+from drllm_core.tasks.schema import Example
+from drllm_core.tasks.scoring import (
+    Decision,
+    PackedBatch,
+    choice_loglikelihoods,
+    cut_at_stops,
+    decide_choice,
+    decide_letter,
+    decide_math,
+    pack_choices,
+)
+
+
+def examples_from_frame(frame: pd.DataFrame) -> list[Example]:
+    fields = (
+        "example_id",
+        "task",
+        "question",
+        "choices",
+        "answer_index",
+        "answer",
+        "passage",
+        "source",
+        "split",
+    )
+    return [
+        Example(
+            **{
+                **{k: row[k] for k in fields},
+                "choices": list(row["choices"]),
+                "answer_index": int(row["answer_index"]),
+            }
+        )
+        for row in frame.to_dict("records")
+    ]
+
+
+def task_spec(name: str, generation: bool = False) -> TaskSpec:
+    """Registered task, or a local one (a name the registry does not know)."""
+    try:
+        return get_task(name)
+    except KeyError:
+        return local_task(name, generation)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+class ExampleScorer:
+    """Prompts, batches and scores examples with one model; holds the per-task settings and shot pools."""
+
+    def __init__(
+        self,
+        engine: PathEngine,
+        tokenizer,
+        task_params: dict | None = None,
+        shots: dict[str, list[Example]] | None = None,
+    ):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.task_params = task_params or {}
+        self.shots = shots or {}
+        self.eos_ids = eos_token_ids(engine.model, tokenizer)
+        self._prompts: dict[str, Prompt] = {}
+
+    def settings(self, task: str) -> TaskSettings:
+        return settings_for(task, self.task_params)
+
+    def prompt(self, example: Example) -> Prompt:
+        if example.example_id not in self._prompts:
+            settings = self.settings(example.task)
+            pool = [s for s in self.shots.get(example.task, []) if s.example_id != example.example_id]
+            spec = task_spec(example.task, generation=not example.choices)
+            self._prompts[example.example_id] = render(
+                example, spec, settings, self.tokenizer, pool[: settings.shots]
+            )
+        return self._prompts[example.example_id]
+
+    def pack(self, example: Example):
+        return pack_choices(
+            self.tokenizer, self.prompt(example), not self.settings(example.task).chat_template
+        )
+
+    def prompt_ids(self, example: Example) -> list[int]:
+        """Token ids of the context alone (what routers read and generation starts from)."""
+        add_special = not self.settings(example.task).chat_template
+        return self.tokenizer(self.prompt(example).context, add_special_tokens=add_special).input_ids
+
+    def score(
+        self,
+        examples: Sequence[Example],
+        counts: Tensor | None = None,
+        batch_size: int = 8,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Decision]:
+        """Decisions for each example under its path (counts (n, L); None means the default path)."""
+        if counts is None:
+            counts = self.engine.default_paths(len(examples))
+        decisions: list[Decision | None] = [None] * len(examples)
+        by_kind: dict[str, list[int]] = {}
+        for index, example in enumerate(examples):
+            by_kind.setdefault(self.settings(example.task).scorer, []).append(index)
+        for kind, indices in by_kind.items():
+            indices = sorted(indices, key=lambda i: len(self.prompt(examples[i]).context))
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                batch = [examples[i] for i in chunk]
+                results = (
+                    self._score_choices(batch, counts[chunk])
+                    if kind == "loglikelihood"
+                    else self._score_generated(batch, counts[chunk], kind)
+                )
+                for i, decision in zip(chunk, results, strict=True):
+                    decisions[i] = decision
+                if on_batch:
+                    on_batch(len(chunk))
+        return decisions
+
+    def choice_scores(self, examples: Sequence[Example], counts: Tensor) -> Tensor:
+        """(n, C) log-likelihood of every choice of each example under its path."""
+        batch = PackedBatch.collate([self.pack(e) for e in examples], self.tokenizer.pad_token_id)
+        state = self.engine.run(batch.embed(self.engine), counts)
+        return choice_loglikelihoods(self.engine, state, batch)
+
+    def _score_choices(self, examples: Sequence[Example], counts: Tensor) -> list[Decision]:
+        scores = self.choice_scores(examples, counts)
+        return [decide_choice(scores[i], e, self.settings(e.task)) for i, e in enumerate(examples)]
+
+    def generate(self, examples: Sequence[Example], counts: Tensor, max_new_tokens: int) -> list[str]:
+        """Greedy replies (cut at the prompt's stop strings) under each example's path."""
+        rows = [self.prompt_ids(e) for e in examples]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        out = self.engine.generate(ids, counts, mask, max_new_tokens, self.eos_ids, pad)
+        texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
+        return [cut_at_stops(t, self.prompt(e).stops) for t, e in zip(texts, examples, strict=True)]
+
+    def _score_generated(self, examples: Sequence[Example], counts: Tensor, kind: str) -> list[Decision]:
+        longest = max(self.settings(e.task).max_new_tokens for e in examples)
+        texts = self.generate(examples, counts, longest)
+        decide = decide_letter if kind == "letter" else decide_math
+        return [decide(text, example) for text, example in zip(texts, examples, strict=True)]
