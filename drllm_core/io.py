@@ -65,3 +65,8 @@ def atomic_dir(path: str | Path):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | Path):
+    with open(path) as handle:
+        return json.load(handle)

@@ -128,7 +128,7 @@ class ExampleScorer:
                 results = (
                     self._score_choices(batch, counts[chunk])
                     if kind == "loglikelihood"
-                    else self._score_generated(batch, counts[chunk], kind)
+                    else self.score_generated(batch, counts[chunk], kind)
                 )
                 for i, decision in zip(chunk, results, strict=True):
                     decisions[i] = decision
@@ -157,7 +157,7 @@ class ExampleScorer:
         texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
         return [cut_at_stops(t, self.prompt(e).stops) for t, e in zip(texts, examples, strict=True)]
 
-    def _score_generated(self, examples: Sequence[Example], counts: Tensor, kind: str) -> list[Decision]:
+    def score_generated(self, examples: Sequence[Example], counts: Tensor, kind: str) -> list[Decision]:
         longest = max(self.settings(e.task).max_new_tokens for e in examples)
         texts = self.generate(examples, counts, longest)
         decide = decide_letter if kind == "letter" else decide_math

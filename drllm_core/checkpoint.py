@@ -1,0 +1,68 @@
+"""Append-only, crash-safe record of finished work: one JSON line per item, flushed and fsynced.
+
+Long stages (search, evaluate) write each finished item here as soon as it is done; after a crash or a kill
+a re-run reads the file back and skips what is there. A line torn by a crash is dropped on reading (and the
+file rewritten without it), so nothing is half-counted; items are keyed by id, so nothing is duplicated.
+The file name carries a hash of everything the results depend on, so results computed under other
+parameters, another model or other data are never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from drllm_core import io
+
+
+def content_key(*parts) -> str:
+    """A short hash of JSON-serialisable parts (parameters, model fingerprint, data hash...)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    def __init__(self, path: str | Path, id_field: str = "example_id"):
+        self.path = Path(path)
+        self.id_field = id_field
+        self.records: dict[str, dict] = {}
+        self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a")  # noqa: SIM115 - kept open for the life of the checkpoint
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        torn = False
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                torn = True
+                continue
+            self.records.setdefault(record[self.id_field], record)
+        if torn:  # rewrite without the torn line, atomically
+            io.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.records
+
+    def add(self, record: dict) -> None:
+        item_id = record[self.id_field]
+        if item_id in self.records:
+            return
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.records[item_id] = record
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

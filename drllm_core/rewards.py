@@ -1,0 +1,116 @@
+"""Score candidate layer paths for one example: memoised, batched, and reusing shared path prefixes.
+
+The search asks "is the answer right under this path?" many times for one question. `PathRewards` answers
+with as little compute as the engine allows:
+* memo: a path is scored once;
+* prefix reuse: the hidden state after every layer of every scored path is kept, keyed by the counts up to
+  that layer; a new path starts from the longest prefix already computed;
+* batching: several paths run in one forward, each row starting at its own layer (rows that have not reached
+  their start layer yet run nothing: their counts are zero there);
+* packed choices: the question context and all its choices are one row (drllm_core.tasks.scoring).
+Generation-scored tasks (math) have no choices to pack: their paths are scored by batched generation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from drllm_core.engine import HiddenState, PathEngine
+from drllm_core.paths import LayerPath
+from drllm_core.tasks.evaluator import ExampleScorer
+from drllm_core.tasks.schema import Example
+from drllm_core.tasks.scoring import PackedBatch, choice_loglikelihoods, decide_choice
+
+
+@dataclass(frozen=True)
+class Outcome:
+    correct: bool  # right answer under the task's scorer
+    margin: float  # gold minus best wrong choice score (nan for generation)
+    reward: float  # what the search maximises: 1.0 or 0.0
+
+
+class PathRewards:
+    """Rewards of paths for one example. `reward: margin` counts a path as correct only when the gold choice
+    beats the best wrong one by at least `margin` (in the task's score units)."""
+
+    def __init__(
+        self,
+        scorer: ExampleScorer,
+        example: Example,
+        reward: str = "correct",
+        margin: float = 0.0,
+        max_cached_states: int = 4096,
+    ):
+        if reward not in ("correct", "margin"):
+            raise ValueError(f"unknown reward {reward!r}; use correct or margin")
+        self.scorer = scorer
+        self.engine: PathEngine = scorer.engine
+        self.example = example
+        self.reward = reward
+        self.margin = margin
+        self.memo: dict[LayerPath, Outcome] = {}
+        self.layer_evaluations = 0  # block executions spent on this example (one per row and block)
+        self.settings = scorer.settings(example.task)
+        self._packed = example.choices and self.settings.scorer == "loglikelihood"
+        if self._packed:
+            self._batch = PackedBatch.collate([scorer.pack(example)], scorer.tokenizer.pad_token_id)
+            self._root = self._batch.embed(self.engine)
+            self._states: OrderedDict[tuple[int, ...], Tensor] = OrderedDict({(): self._root.hidden})
+            self._max_states = max_cached_states
+
+    def __call__(self, paths: list[LayerPath]) -> list[Outcome]:
+        """Outcomes in the order of `paths`; only paths never seen before cost compute."""
+        fresh = list(dict.fromkeys(p for p in paths if p not in self.memo))
+        if fresh:
+            before = self.engine.counter.rows
+            outcomes = self._score_packed(fresh) if self._packed else self._score_generated(fresh)
+            self.layer_evaluations += self.engine.counter.rows - before
+            self.memo.update(zip(fresh, outcomes, strict=True))
+        return [self.memo[p] for p in paths]
+
+    def _outcome(self, correct: bool, margin: float) -> Outcome:
+        passed = correct and (self.reward == "correct" or math.isnan(margin) or margin >= self.margin)
+        return Outcome(correct, margin, 1.0 if passed else 0.0)
+
+    def _score_generated(self, paths: list[LayerPath]) -> list[Outcome]:
+        counts = torch.tensor([p.counts for p in paths])
+        decisions = self.scorer.score_generated([self.example] * len(paths), counts, self.settings.scorer)
+        return [self._outcome(d.correct, d.margin) for d in decisions]
+
+    def _score_packed(self, paths: list[LayerPath]) -> list[Outcome]:
+        counts = torch.tensor([p.counts for p in paths])  # (P, L)
+        starts = [self._longest_cached_prefix(p) for p in paths]
+        first = min(starts)
+        # Row i starts from its cached state at layer starts[i]; before that it must run nothing.
+        run_counts = counts.clone()
+        for row, start in enumerate(starts):
+            run_counts[row, :start] = 0
+        hidden = torch.cat([self._states[p.counts[:s]] for p, s in zip(paths, starts, strict=True)])
+        state = self._root.select([0] * len(paths))
+        state = HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, layer=first)
+        for layer in range(first, self.engine.num_layers):
+            state = self.engine.run(state, run_counts, stop=layer + 1)
+            for row, path in enumerate(paths):
+                if layer >= starts[row]:
+                    self._remember(path.counts[: layer + 1], state.hidden[row : row + 1])
+        scores = choice_loglikelihoods(self.engine, state, self._batch.repeat(len(paths)))
+        decisions = [decide_choice(scores[row], self.example, self.settings) for row in range(len(paths))]
+        return [self._outcome(d.correct, d.margin) for d in decisions]
+
+    def _longest_cached_prefix(self, path: LayerPath) -> int:
+        for length in range(len(path.counts), -1, -1):
+            if path.counts[:length] in self._states:
+                self._states.move_to_end(path.counts[:length])
+                return length
+        raise AssertionError("the empty prefix is always cached")
+
+    def _remember(self, prefix: tuple[int, ...], hidden: Tensor) -> None:
+        self._states[prefix] = hidden
+        if len(self._states) > self._max_states:
+            self._states.popitem(last=False)
+            self._states[()] = self._root.hidden  # never evict the root

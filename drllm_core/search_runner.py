@@ -1,0 +1,106 @@
+"""Run the path search over a set of examples: one record per example, checkpointed as it finishes, on
+this process (`backend: local`) or sharded over Ray workers (`backend: ray`, drllm_core.distributed).
+
+A record holds the example's kept path (per-layer labels and execution order), whether the default and the
+kept path answer correctly, blocks executed, and what the search spent (simulations, distinct paths scored,
+block evaluations).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from drllm_core.engine import PathEngine
+from drllm_core.models import LoadedModel
+from drllm_core.rewards import PathRewards
+from drllm_core.search import SearchConfig, example_rng, search
+from drllm_core.tasks.evaluator import ExampleScorer
+from drllm_core.tasks.schema import Example
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How the search runs (not what it finds): the `search` keys that do not change results."""
+
+    backend: str = "local"  # local | ray
+    ray_address: str | None = None  # join this Ray cluster; empty starts a local instance
+    workers: int | None = None  # Ray workers (None: one per GPU, else one per 2 CPUs)
+    threads: int | None = None  # torch threads per process (None: torch's default locally, 1 per Ray worker)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    reward: str = "correct"  # correct | margin
+    margin: float = 0.0  # margin reward: gold must beat the best wrong choice by this much
+
+
+class ExampleSearcher:
+    """Everything one process needs to search examples: model, engine, scorer and the configs."""
+
+    def __init__(self, loaded: LoadedModel, task_params: dict, search: SearchConfig, reward: RewardConfig):
+        self.loaded = loaded
+        self.engine = PathEngine(loaded.model)
+        self.scorer = ExampleScorer(self.engine, loaded.tokenizer, task_params)
+        self.search = search
+        self.reward = reward
+
+    def __call__(self, example: Example) -> dict:
+        start = time.perf_counter()
+        rewards = PathRewards(self.scorer, example, self.reward.reward, self.reward.margin)
+        rng = example_rng(self.search.seed, example.example_id)
+        result = search(rewards, self.loaded.num_layers, self.search, rng)
+        best = result.best
+        return {
+            "example_id": example.example_id,
+            "task": example.task,
+            "model": self.loaded.name,
+            "strategy": self.search.strategy,
+            "kept": best is not None,
+            "labels": list(best.counts) if best else None,
+            "order": best.order if best else None,
+            "num_layers": self.loaded.num_layers,
+            "blocks": best.blocks if best else None,
+            "blocks_saved": best.blocks_saved if best else None,
+            "default_correct": result.default_outcome.correct,
+            "default_margin": result.default_outcome.margin,
+            "best_correct": result.best_outcome.correct if best else False,
+            "best_margin": result.best_outcome.margin if best else None,
+            "wrong_to_correct": result.wrong_to_correct,
+            "simulations": result.simulations,
+            "evaluations": result.evaluations,
+            "layer_evaluations": rewards.layer_evaluations,
+            "stopped_early": result.stopped_early,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+def run_local(searcher: ExampleSearcher, examples: Iterable[Example], threads: int | None) -> Iterator[dict]:
+    if threads:
+        torch.set_num_threads(threads)
+    for example in examples:
+        yield searcher(example)
+
+
+def run_search(
+    examples: list[Example],
+    make_searcher: Callable[[], ExampleSearcher],
+    runner: RunnerConfig,
+    on_record: Callable[[dict], None],
+) -> None:
+    """Search every example and hand each record to `on_record` as soon as it exists."""
+    if not examples:
+        return
+    if runner.backend == "local":
+        records = run_local(make_searcher(), examples, runner.threads)
+    elif runner.backend == "ray":
+        from drllm_core.distributed import run_ray
+
+        records = run_ray(examples, make_searcher, runner)
+    else:
+        raise ValueError(f"unknown search backend {runner.backend!r}; use local or ray")
+    for record in records:
+        on_record(record)

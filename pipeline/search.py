@@ -1,0 +1,142 @@
+"""Stage `search`: find, per search example, the shortest layer path that still answers correctly.
+
+Writes data/paths/<strategy>/paths.parquet (one row per kept example: labels, execution order, correctness,
+blocks, search cost) and stats.json. Resumable: finished examples are appended to a checkpoint under
+data/search_checkpoints/<strategy>/ named by a hash of everything they depend on (search params, model
+weights, task settings, data); a re-run skips them, and never reuses results computed under anything else.
+Reads params `model`, `tasks`, `search`.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from drllm_core import io, tracking
+from drllm_core.checkpoint import Checkpoint, content_key
+from drllm_core.labels import label_statistics
+from drllm_core.models import ModelSpec, load_model, weights_fingerprint
+from drllm_core.prepare import sample
+from drllm_core.search import SearchConfig
+from drllm_core.search_runner import ExampleSearcher, RewardConfig, RunnerConfig, run_search
+from drllm_core.tasks.evaluator import examples_from_frame
+from drllm_core.tasks.prompts import settings_for
+from pipeline.common import load_params, log, parser, run, section
+
+RUNNER_KEYS = ("backend", "ray_address", "workers", "threads")
+REWARD_KEYS = ("reward", "margin")
+STAGE_KEYS = ("strategies", "max_examples")
+
+
+def build_searcher(model: dict, tasks: dict, search: SearchConfig, reward: RewardConfig) -> ExampleSearcher:
+    """Loads the model: called once locally, or once inside each Ray worker."""
+    return ExampleSearcher(load_model(ModelSpec.from_params(model)), tasks, search, reward)
+
+
+def split_params(params: dict, strategy: str):
+    search = dict(params)
+    runner = RunnerConfig(**{k: search.pop(k) for k in RUNNER_KEYS if k in search})
+    reward = RewardConfig(**{k: search.pop(k) for k in REWARD_KEYS if k in search})
+    stage = {k: search.pop(k) for k in STAGE_KEYS if k in search}
+    return SearchConfig(**{**search, "strategy": strategy}), reward, runner, stage
+
+
+def main() -> None:
+    args = parser(__doc__)
+    args.add_argument(
+        "--strategy", default=None, help="mcts | chain | random (default: the first of search.strategies)"
+    )
+    args.add_argument("--prepared", default="data/prepared")
+    args.add_argument("--out", default=None, help="default: data/paths/<strategy>")
+    args.add_argument("--checkpoints", default=None, help="default: data/search_checkpoints/<strategy>")
+    args = args.parse_args()
+    params = load_params(args.params)
+    search_params = section(params, "search")
+    strategy = args.strategy or search_params.get("strategies", ["mcts"])[0]
+    config, reward, runner, stage = split_params(search_params, strategy)
+    out = Path(args.out or f"data/paths/{strategy}")
+    checkpoints = Path(args.checkpoints or f"data/search_checkpoints/{strategy}")
+
+    prepared = Path(args.prepared)
+    frame = pd.read_parquet(prepared / "search.parquet")
+    manifest = io.read_json(prepared / "manifest.json")
+    examples = sample(examples_from_frame(frame), stage.get("max_examples"), config.seed)
+    loaded = load_model(ModelSpec.from_params(section(params, "model")))
+    task_params = params.get("tasks") or {}
+    key = content_key(
+        config,
+        reward,
+        loaded.name,
+        weights_fingerprint(loaded.model),
+        str(loaded.dtype),
+        loaded.device.type,
+        {task: settings_for(task, task_params) for task in sorted({e.task for e in examples})},
+        manifest["sets"]["search"]["sha256"],
+    )
+    started = time.perf_counter()
+    with Checkpoint(checkpoints / f"{strategy}-{key}.jsonl") as checkpoint:
+        todo = [e for e in examples if e.example_id not in checkpoint]
+        log.info(
+            "search %s on %d examples (%d already done, checkpoint %s), %d simulations each, backend %s",
+            strategy,
+            len(examples),
+            len(examples) - len(todo),
+            checkpoint.path,
+            config.simulations,
+            runner.backend,
+        )
+        if runner.backend == "local":
+            make_searcher = functools.partial(ExampleSearcher, loaded, task_params, config, reward)
+        else:
+            make_searcher = functools.partial(
+                build_searcher, section(params, "model"), task_params, config, reward
+            )
+        done = [checkpoint.records[e.example_id] for e in examples if e.example_id in checkpoint]
+        bar = tqdm(total=len(examples), initial=len(done), desc=f"search {strategy}", unit="ex")
+        found = sum(r["wrong_to_correct"] for r in done)
+
+        def on_record(record: dict) -> None:
+            nonlocal found
+            checkpoint.add(record)
+            found += record["wrong_to_correct"]
+            bar.set_postfix(w2c=found, kept=f"{sum(r['kept'] for r in checkpoint.records.values())}")
+            bar.update()
+
+        run_search(todo, make_searcher, runner, on_record)
+        bar.close()
+        records = pd.DataFrame([checkpoint.records[e.example_id] for e in examples])
+    stats = {
+        **label_statistics(records),
+        "strategy": strategy,
+        "wall_seconds": time.perf_counter() - started,
+        "checkpoint_key": key,
+    }
+    with io.atomic_dir(out) as tmp:
+        records[records["kept"]].to_parquet(tmp / "paths.parquet", index=False)
+        io.write_json(tmp / "stats.json", stats)
+    log.info(
+        "kept %d of %d examples, W->C %d, mean blocks saved %.2f; wrote %s",
+        stats["kept"],
+        stats["examples"],
+        stats["wrong_to_correct"],
+        stats["mean_blocks_saved"],
+        out,
+    )
+    with tracking.stage_run(
+        "search",
+        {"search": search_params, "model": params["model"]},
+        {"drllm.strategy": strategy},
+        name=f"search-{strategy}",
+    ) as _:
+        import mlflow
+
+        mlflow.log_metrics({k: v for k, v in stats.items() if isinstance(v, int | float)})
+        mlflow.log_metrics({f"label_share_{k}": v for k, v in stats["label_shares"].items()})
+
+
+if __name__ == "__main__":
+    run(main)

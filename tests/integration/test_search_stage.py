@@ -1,0 +1,140 @@
+"""The search stage as a process: resumable after SIGKILL, and the same results on a real local Ray instance.
+Runs on a tiny random model saved as a local model folder, so it exercises the real loading path quickly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from drllm_core import io
+from drllm_core.prepare import build_sets
+from tests.conftest import tiny_loaded
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search-stage")
+    loaded = tiny_loaded("llama")
+    loaded.model.save_pretrained(root / "model")
+    loaded.tokenizer.save_pretrained(root / "model")
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"What is item {i}?",
+            "choices": ["alpha", "beta", "gamma"],
+            "answer_index": i % 3,
+        }
+        for i in range(48)
+    ]
+    (root / "questions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    frames, manifest = build_sets(
+        {"sets": {"search": [{"task": "toy", "source": "local", "path": str(root / "questions.jsonl")}]}}
+    )
+    (root / "prepared").mkdir()
+    for name, frame in frames.items():
+        frame.to_parquet(root / "prepared" / f"{name}.parquet")
+    io.write_json(root / "prepared" / "manifest.json", manifest)
+    return root
+
+
+def _params(root, **search):
+    params = {
+        "model": {"spec": str(root / "model"), "dtype": "float32"},
+        "tasks": {"defaults": {}},
+        "search": {"strategies": ["mcts"], "simulations": 40, "max_examples": None, "threads": 1, **search},
+    }
+    path = root / f"params-{len(list(root.glob('params-*')))}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _command(root, params, name):
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--params",
+        str(params),
+        "--prepared",
+        str(root / "prepared"),
+        "--out",
+        str(root / name / "paths"),
+        "--checkpoints",
+        str(root / name / "checkpoints"),
+    ]
+
+
+def _env(root):
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "RAY_AUTH_MODE": "disabled",
+    }
+
+
+def _paths(root, name):
+    frame = pd.read_parquet(root / name / "paths" / "paths.parquet")
+    return frame.drop(columns=["seconds"]).sort_values("example_id").reset_index(drop=True)
+
+
+def test_a_killed_search_resumes_with_nothing_lost_or_duplicated(project):
+    params = _params(project)
+    done = subprocess.run(
+        _command(project, params, "whole"), env=_env(project), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    process = subprocess.Popen(
+        _command(project, params, "killed"),
+        env=_env(project),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint_dir = project / "killed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        files = list(checkpoint_dir.glob("*.jsonl"))
+        if files and len(files[0].read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    lines = files[0].read_text().splitlines()
+    assert 5 <= len(lines) < 48, "the kill should land mid-run"
+    resumed = subprocess.run(
+        _command(project, params, "killed"), env=_env(project), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({len(lines)} already done" in resumed.stderr or "already done" in resumed.stderr
+    records = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert len(records) == len({r["example_id"] for r in records}) == 48
+    pd.testing.assert_frame_equal(_paths(project, "whole"), _paths(project, "killed"))
+
+
+def test_other_search_params_never_reuse_a_checkpoint(project):
+    first = _params(project)
+    other = _params(project, simulations=12)
+    for params in (first, other):
+        run = subprocess.run(
+            _command(project, params, "keys"), env=_env(project), capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+    assert len(list((project / "keys" / "checkpoints").glob("*.jsonl"))) == 2
+
+
+def test_ray_backend_gives_the_same_paths_as_local(project):
+    local = subprocess.run(
+        _command(project, _params(project), "local"), env=_env(project), capture_output=True, text=True
+    )
+    assert local.returncode == 0, local.stderr
+    ray_params = _params(project, backend="ray", workers=2)
+    distributed = subprocess.run(
+        _command(project, ray_params, "ray"), env=_env(project), capture_output=True, text=True
+    )
+    assert distributed.returncode == 0, distributed.stderr
+    pd.testing.assert_frame_equal(_paths(project, "local"), _paths(project, "ray"))
