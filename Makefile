@@ -18,8 +18,11 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	@$(PIP) install --no-deps --no-build-isolation -e .
 	@touch $@
 
+# Stage commands call `python`: the venv comes first on PATH (as after `source .venv/bin/activate`).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
 repro: setup
-	@$(BIN)/dvc repro
+	@dvc repro
 
 test: setup
 	@$(BIN)/pytest -q

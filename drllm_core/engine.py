@@ -17,7 +17,7 @@ Only the attention implementations whose masks are plain tensors (sdpa, eager) a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +30,7 @@ from drllm_core.paths import LayerPath
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 PathsLike = Sequence[LayerPath] | Tensor  # one LayerPath per row, or a (B, L) tensor of counts
+Decide = Callable[[int, Tensor], Tensor]  # (layer, hidden entering it (B, T, D)) -> counts (B,)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Generation:
     """Greedy generation results."""
 
     tokens: Tensor  # (B, N) generated token ids; after EOS a row holds pad tokens
+    counts: Tensor  # (B, L) the path each row took
     step_logits: list[Tensor] = field(default_factory=list)  # per step (B, V), kept when asked for
     lengths: Tensor | None = None  # (B,) generated tokens per row, EOS included
 
@@ -230,12 +232,19 @@ class PathEngine:
         paths: PathsLike,
         stop: int | None = None,
         cache: PathKVCache | None = None,
+        decide: Decide | None = None,
     ) -> HiddenState:
-        """Run layers state.layer .. stop-1 of each row's path; returns a new state (the input is untouched)."""
-        counts = self.counts_tensor(paths, state.batch_size)
+        """Run layers state.layer .. stop-1 of each row's path; returns a new state (the input is untouched).
+
+        With `decide`, each layer's counts are chosen just before the layer runs, from the hidden state entering
+        it (routers): `decide(layer, hidden) -> (B,) counts` is written into `paths`, which must then be a
+        (B, L) tensor the caller keeps to read the decisions."""
+        counts = paths if decide is not None else self.counts_tensor(paths, state.batch_size)
         stop = self.num_layers if stop is None else stop
         hidden = state.hidden
         for layer in range(state.layer, stop):
+            if decide is not None:
+                counts[:, layer] = decide(layer, hidden).to(counts.device)
             for repeat_pass in range(int(counts[:, layer].max())):
                 hidden = self._block(layer, repeat_pass, hidden, counts[:, layer] > repeat_pass, state, cache)
         return HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, stop)
@@ -298,11 +307,16 @@ class PathEngine:
         eos_token_ids: Sequence[int] = (),
         pad_token_id: int = 0,
         keep_logits: bool = False,
+        decide: Decide | None = None,
     ) -> Generation:
         """Greedy decoding with a KV cache; each row keeps its path for every generated token.
-        Prompts must be left-padded when their lengths differ."""
+        Prompts must be left-padded when their lengths differ. With `decide` (routers) the path is chosen
+        layer by layer during the prompt's forward pass, then fixed for every generated token."""
         batch = input_ids.shape[0]
-        counts = self.counts_tensor(self.default_paths(batch) if paths is None else paths, batch)
+        if decide is not None:
+            counts = torch.ones(batch, self.num_layers, dtype=torch.long)
+        else:
+            counts = self.counts_tensor(self.default_paths(batch) if paths is None else paths, batch)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(self.device)
@@ -311,9 +325,9 @@ class PathEngine:
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
         tokens, step_logits, step_ids = [], [], input_ids.to(self.device)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             state = self.embed(step_ids, attention_mask, cache=cache)
-            state = self.run(state, counts, cache=cache)
+            state = self.run(state, counts, cache=cache, decide=decide if step == 0 else None)
             cache.seen_tokens += step_ids.shape[1]
             logits = self.logits(state, torch.full((batch, 1), step_ids.shape[1] - 1))[:, 0]
             if keep_logits:
@@ -326,7 +340,7 @@ class PathEngine:
                 break
             step_ids = next_ids.unsqueeze(1)
             attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
-        return Generation(torch.stack(tokens, dim=1), step_logits, lengths)
+        return Generation(torch.stack(tokens, dim=1), counts, step_logits, lengths)
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def default_paths(self, batch: int) -> Tensor:

@@ -150,6 +150,21 @@ def load_model(spec: ModelSpec | str = DEFAULT_SPEC) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, name=name)
 
 
+def load_config(spec: ModelSpec | str = DEFAULT_SPEC):
+    """The model's config alone (layer count, hidden size) without loading weights."""
+    if isinstance(spec, str):
+        spec = ModelSpec(spec=spec)
+    source, kwargs, _ = _resolve_source(spec)
+    common = {
+        "trust_remote_code": spec.trust_remote_code,
+        **{k: v for k, v in kwargs.items() if v is not None},
+    }
+    try:
+        return AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not read the config of {source!r}: {err}") from err
+
+
 def check_supported(config) -> None:
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:

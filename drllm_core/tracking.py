@@ -76,3 +76,71 @@ def _flat(params: dict, prefix: str = "") -> dict:
         else:
             flat[name] = str(value)[:500]
     return flat
+
+
+# ---- model registry ---------------------------------------------------------------------------------------
+ROUTERS_HASH_TAG = "drllm.routers_hash"
+
+
+def registered_model_name(base_model_name: str) -> str:
+    return f"drllm-{base_model_name}"
+
+
+def find_version(name: str, routers_hash: str):
+    """The registered version holding this router set, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    matches = [v for v in versions if v.tags.get(ROUTERS_HASH_TAG) == routers_hash]
+    return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def register_routers(
+    folder: str,
+    name: str,
+    routers_hash: str,
+    model_params: dict,
+    alias: str = "candidate",
+    tags: dict | None = None,
+):
+    """Log the router set as a pyfunc and register it as a version of `name` with `alias`; a router set
+    already registered (same content hash) is not registered again. Returns (version, newly_registered)."""
+    mlflow = configure()
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    existing = find_version(name, routers_hash)
+    if existing is None:
+        model_file = Path(__file__).with_name("mlflow_model.py")
+        with mlflow.start_run(run_name=f"register-{name}", tags={"drllm.stage": "register", **(tags or {})}):
+            info = mlflow.pyfunc.log_model(
+                name="routed_llm",
+                python_model=str(model_file),
+                artifacts={"routers": str(folder)},
+                model_config={"model": model_params},
+                code_paths=[str(model_file.parent)],
+                pip_requirements=_requirements(),
+                registered_model_name=name,
+            )
+        version = client.get_model_version(name, info.registered_model_version)
+        client.set_model_version_tag(name, version.version, ROUTERS_HASH_TAG, routers_hash)
+        newly = True
+    else:
+        version, newly = existing, False
+    client.set_registered_model_alias(name, alias, version.version)
+    return version, newly
+
+
+def _requirements() -> list[str]:
+    """The pinned direct dependencies the pyfunc needs (no slow inference by loading the model)."""
+    from importlib.metadata import version
+
+    return [
+        f"{package}=={version(package).split('+')[0]}"
+        for package in ("torch", "transformers", "safetensors", "gguf", "pandas", "mlflow")
+    ]

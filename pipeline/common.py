@@ -39,6 +39,8 @@ def run(main: Callable[[], None]) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from transformers.utils import logging as hf_logging
 
+    for noisy in ("great_expectations", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from drllm_core.engine import PathEngine
+from drllm_core.engine import Decide, PathEngine
 from drllm_core.tasks.prompts import Prompt, TaskSettings, render, settings_for
 from drllm_core.tasks.registry import TaskSpec, get_task, local_task
 from drllm_core.tasks.schema import Example
@@ -25,6 +25,8 @@ from drllm_core.tasks.scoring import (
     decide_math,
     pack_choices,
 )
+
+RouterFactory = Callable[[Tensor], Decide]  # prompt-token mask (B, T) -> the engine's per-layer decide hook
 
 
 def examples_from_frame(frame: pd.DataFrame) -> list[Example]:
@@ -112,9 +114,12 @@ class ExampleScorer:
         counts: Tensor | None = None,
         batch_size: int = 8,
         on_batch: Callable[[int], None] | None = None,
+        router: RouterFactory | None = None,
     ) -> list[Decision]:
-        """Decisions for each example under its path (counts (n, L); None means the default path)."""
-        if counts is None:
+        """Decisions for each example under its path: `counts` (n, L), None for the default path, or chosen
+        by `router` (a factory that, given a batch's prompt-token mask, returns the engine's per-layer decide
+        hook). Each decision records the path it was made under."""
+        if counts is None or router is not None:
             counts = self.engine.default_paths(len(examples))
         decisions: list[Decision | None] = [None] * len(examples)
         by_kind: dict[str, list[int]] = {}
@@ -125,40 +130,55 @@ class ExampleScorer:
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
                 batch = [examples[i] for i in chunk]
-                results = (
-                    self._score_choices(batch, counts[chunk])
-                    if kind == "loglikelihood"
-                    else self.score_generated(batch, counts[chunk], kind)
-                )
-                for i, decision in zip(chunk, results, strict=True):
+                chunk_counts = counts[chunk].clone()
+                if kind == "loglikelihood":
+                    results = self._score_choices(batch, chunk_counts, router)
+                else:
+                    results = self.score_generated(batch, chunk_counts, kind, router)
+                for i, row, decision in zip(chunk, chunk_counts.tolist(), results, strict=True):
+                    decision.path = tuple(row)
                     decisions[i] = decision
                 if on_batch:
                     on_batch(len(chunk))
         return decisions
 
-    def choice_scores(self, examples: Sequence[Example], counts: Tensor) -> Tensor:
-        """(n, C) log-likelihood of every choice of each example under its path."""
+    def choice_scores(
+        self, examples: Sequence[Example], counts: Tensor, router: RouterFactory | None = None
+    ) -> Tensor:
+        """(n, C) log-likelihood of every choice of each example under its path (filled in by `router`)."""
         batch = PackedBatch.collate([self.pack(e) for e in examples], self.tokenizer.pad_token_id)
-        state = self.engine.run(batch.embed(self.engine), counts)
+        decide = router(batch.prompt_mask()) if router is not None else None
+        state = self.engine.run(batch.embed(self.engine), counts, decide=decide)
         return choice_loglikelihoods(self.engine, state, batch)
 
-    def _score_choices(self, examples: Sequence[Example], counts: Tensor) -> list[Decision]:
-        scores = self.choice_scores(examples, counts)
+    def _score_choices(self, examples: Sequence[Example], counts: Tensor, router) -> list[Decision]:
+        scores = self.choice_scores(examples, counts, router)
         return [decide_choice(scores[i], e, self.settings(e.task)) for i, e in enumerate(examples)]
 
-    def generate(self, examples: Sequence[Example], counts: Tensor, max_new_tokens: int) -> list[str]:
-        """Greedy replies (cut at the prompt's stop strings) under each example's path."""
+    def generate(
+        self,
+        examples: Sequence[Example],
+        counts: Tensor,
+        max_new_tokens: int,
+        router: RouterFactory | None = None,
+    ) -> list[str]:
+        """Greedy replies (cut at the prompt's stop strings) under each example's path (or the router's)."""
         rows = [self.prompt_ids(e) for e in examples]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        out = self.engine.generate(ids, counts, mask, max_new_tokens, self.eos_ids, pad)
+        decide = router(mask.bool()) if router is not None else None
+        out = self.engine.generate(ids, counts, mask, max_new_tokens, self.eos_ids, pad, decide=decide)
+        if router is not None:
+            counts.copy_(out.counts)
         texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
         return [cut_at_stops(t, self.prompt(e).stops) for t, e in zip(texts, examples, strict=True)]
 
-    def score_generated(self, examples: Sequence[Example], counts: Tensor, kind: str) -> list[Decision]:
+    def score_generated(
+        self, examples: Sequence[Example], counts: Tensor, kind: str, router: RouterFactory | None = None
+    ) -> list[Decision]:
         longest = max(self.settings(e.task).max_new_tokens for e in examples)
-        texts = self.generate(examples, counts, longest)
+        texts = self.generate(examples, counts, longest, router)
         decide = decide_letter if kind == "letter" else decide_math
         return [decide(text, example) for text, example in zip(texts, examples, strict=True)]

@@ -107,6 +107,10 @@ class PackedBatch:
             self.target_choice,
         )
 
+    def prompt_mask(self) -> Tensor:
+        """(B, T) True on the question context: what a router reads (never the answer choices)."""
+        return (self.segment_ids == 0) & self.attention_mask.bool()
+
     def embed(self, engine: PathEngine) -> HiddenState:
         return engine.embed(self.input_ids, self.attention_mask, self.position_ids, self.segment_ids)
 
@@ -132,6 +136,7 @@ class Decision:
     prediction: str  # chosen letter (multiple choice) or extracted answer text
     correct: bool
     margin: float  # gold score minus best wrong score (multiple choice); nan for generation
+    path: tuple[int, ...] | None = None  # the layer counts it was made under
 
 
 def decide_choice(scores: Tensor, example: Example, settings: TaskSettings) -> Decision:

@@ -1,0 +1,251 @@
+"""The Great Expectations suite that guards path labels before training (GX Core 1.x, defined in code).
+
+GX checks columns, so each property of a label vector is first derived as a scalar column (its length,
+smallest and largest count, longest skip run, blocks, whether the stored execution order matches the
+labels, whether the example leaks into an evaluation set, ...). Every expectation carries `meta.level`:
+`fail` stops the pipeline, `warn` is reported only. Class-share bounds have both levels, from params.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from drllm_core.paths import LayerPath, longest_skip_run
+
+REQUIRED = {
+    "example_id": "str",
+    "task": "str",
+    "labels": None,  # list column: checked through derived columns
+    "order": None,
+    "kept": "bool",
+    "best_correct": "bool",
+    "wrong_to_correct": "bool",
+}
+
+
+@dataclass
+class ShareBounds:
+    """Allowed range of a label class share: outside `warn` is reported, outside `fail` stops the pipeline."""
+
+    warn: tuple[float, float]
+    fail: tuple[float, float]
+
+
+@dataclass
+class CheckResult:
+    name: str
+    level: str  # fail | warn
+    success: bool
+    description: str
+    observed: object = None
+    offending_ids: list[str] = field(default_factory=list)
+    offending_count: int = 0
+
+    def message(self) -> str:
+        text = f"{self.name}: {self.description}"
+        if self.offending_count:
+            text += f" ({self.offending_count} examples, e.g. {', '.join(self.offending_ids[:5])})"
+        elif self.observed is not None:
+            text += f" (observed {self.observed})"
+        return text
+
+
+def derived_columns(
+    paths: pd.DataFrame, search: pd.DataFrame, evaluation: list[pd.DataFrame]
+) -> pd.DataFrame:
+    """One row per example with the scalar properties the suite checks."""
+    frame = paths.copy()
+    if "labels" in frame:
+        labels = [np.asarray(v if v is not None else [], dtype=int) for v in frame["labels"]]
+        frame["labels_length"] = [len(v) for v in labels]
+        frame["labels_min"] = [int(v.min()) if v.size else -1 for v in labels]
+        frame["labels_max"] = [int(v.max()) if v.size else -1 for v in labels]
+        frame["longest_skip_run"] = [longest_skip_run(v.tolist()) for v in labels]
+        frame["path_blocks"] = [int(v.sum()) for v in labels]
+        frame["skip_share"] = [float((v == 0).mean()) if v.size else 0.0 for v in labels]
+        frame["repeat_share"] = [float((v == 2).mean()) if v.size else 0.0 for v in labels]
+        if "order" in frame:
+            frame["order_matches_labels"] = [
+                v.size > 0 and v.min() >= 0 and list(order) == LayerPath.from_counts(v).order
+                for v, order in zip(labels, frame["order"], strict=True)
+            ]
+    if "example_id" in frame:
+        hashes = dict(zip(search["example_id"], search["question_hash"], strict=True))
+        frame["in_search_set"] = frame["example_id"].isin(hashes)
+        eval_ids = set().union(*(set(e["example_id"]) for e in evaluation))
+        eval_hashes = set().union(*(set(e["question_hash"]) for e in evaluation))
+        frame["leaks_into_evaluation"] = [
+            example_id in eval_ids or hashes.get(example_id) in eval_hashes
+            for example_id in frame["example_id"]
+        ]
+    return frame
+
+
+def _expectations(frame: pd.DataFrame, num_layers: int, min_examples: int, shares: dict[str, ShareBounds]):
+    """(name, level, description, expectation) for every check whose input columns exist."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    checks = [
+        (
+            "enough examples",
+            "fail",
+            f"at least {min_examples} kept examples",
+            E.ExpectTableRowCountToBeBetween(min_value=min_examples),
+        )
+    ]
+    for column, kind in REQUIRED.items():
+        checks.append(
+            (
+                f"column {column}",
+                "fail",
+                f"column `{column}` is present",
+                E.ExpectColumnToExist(column=column),
+            )
+        )
+        if kind and column in frame:
+            checks.append(
+                (
+                    f"type of {column}",
+                    "fail",
+                    f"`{column}` values are {kind}",
+                    E.ExpectColumnValuesToBeOfType(column=column, type_=kind),
+                )
+            )
+    if "example_id" in frame:
+        checks += [
+            (
+                "unique ids",
+                "fail",
+                "example ids are unique",
+                E.ExpectColumnValuesToBeUnique(column="example_id"),
+            ),
+            (
+                "from the search set",
+                "fail",
+                "every example is in data/prepared/search.parquet",
+                E.ExpectColumnValuesToBeInSet(column="in_search_set", value_set=[True]),
+            ),
+            (
+                "no leakage",
+                "fail",
+                "no example shares an id or a normalised question with an evaluation set",
+                E.ExpectColumnValuesToBeInSet(column="leaks_into_evaluation", value_set=[False]),
+            ),
+        ]
+    if "labels" in frame:
+        checks += [
+            (
+                "label length",
+                "fail",
+                f"every label vector has {num_layers} entries (the model's layers)",
+                E.ExpectColumnValuesToBeBetween(
+                    column="labels_length", min_value=num_layers, max_value=num_layers
+                ),
+            ),
+            (
+                "labels in {0,1,2}",
+                "fail",
+                "labels are 0 (skip), 1 (execute) or 2 (repeat)",
+                E.ExpectColumnValuesToBeBetween(column="labels_min", min_value=0, max_value=2),
+            ),
+            (
+                "labels at most 2",
+                "fail",
+                "no layer runs more than twice",
+                E.ExpectColumnValuesToBeBetween(column="labels_max", min_value=0, max_value=2),
+            ),
+            (
+                "skip runs",
+                "fail",
+                "no run of more than 2 consecutive skipped layers",
+                E.ExpectColumnValuesToBeBetween(column="longest_skip_run", min_value=0, max_value=2),
+            ),
+            (
+                "path length",
+                "fail",
+                f"a path executes at most 2L = {2 * num_layers} blocks",
+                E.ExpectColumnValuesToBeBetween(column="path_blocks", min_value=0, max_value=2 * num_layers),
+            ),
+        ]
+        for kind, bounds in shares.items():
+            for level in ("fail", "warn"):
+                low, high = getattr(bounds, level)
+                checks.append(
+                    (
+                        f"{kind} share ({level})",
+                        level,
+                        f"the share of {kind} labels lies in [{low}, {high}]",
+                        E.ExpectColumnMeanToBeBetween(column=f"{kind}_share", min_value=low, max_value=high),
+                    )
+                )
+    if "order" in frame and "labels" in frame:
+        checks.append(
+            (
+                "path matches labels",
+                "fail",
+                "the stored execution order is the one the labels give",
+                E.ExpectColumnValuesToBeInSet(column="order_matches_labels", value_set=[True]),
+            )
+        )
+    if "best_correct" in frame:
+        checks.append(
+            (
+                "kept paths are correct",
+                "fail",
+                "the search recorded every kept path as answering correctly",
+                E.ExpectColumnValuesToBeInSet(column="best_correct", value_set=[True]),
+            )
+        )
+    return checks
+
+
+def run_suite(
+    frame: pd.DataFrame, num_layers: int, min_examples: int, shares: dict[str, ShareBounds]
+) -> list[CheckResult]:
+    """Validate the derived frame with an ephemeral GX context; one CheckResult per expectation."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    batch = (
+        context.data_sources.add_pandas("drllm")
+        .add_dataframe_asset("paths")
+        .add_batch_definition_whole_dataframe("all")
+    )
+    checks = _expectations(frame, num_layers, min_examples, shares)
+    suite = context.suites.add(gx.ExpectationSuite(name="path_labels"))
+    for name, level, description, expectation in checks:
+        expectation.meta = {"name": name, "level": level, "description": description}
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="path_labels", data=batch, suite=suite)
+    )
+    index = ["example_id"] if "example_id" in frame else []
+    outcome = definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index},
+    )
+    results = []
+    for item in outcome.results:
+        meta = item.expectation_config.meta
+        unexpected = item.result.get("unexpected_index_list") or []
+        ids = list(dict.fromkeys(str(u.get("example_id")) for u in unexpected if isinstance(u, dict)))
+        observed = item.result.get("observed_value")
+        results.append(
+            CheckResult(
+                meta["name"],
+                meta["level"],
+                bool(item.success),
+                meta["description"],
+                observed=float(observed) if isinstance(observed, int | float | np.number) else observed,
+                offending_ids=ids[:20],
+                offending_count=len(ids),
+            )
+        )
+    return results

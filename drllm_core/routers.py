@@ -1,0 +1,159 @@
+"""Routers: one tiny MLP per decoder layer that picks skip (0), execute (1) or repeat (2) for an input.
+
+Input: the hidden state entering the layer over the prompt tokens, split into windows and mean-pooled.
+With T prompt tokens and `windows` = W, a prompt uses min(W, T) windows of T // min(W, T) tokens each, in
+order; the T mod min(W, T) trailing tokens are left out (the paper's rule). A prompt shorter than W tokens
+therefore has one window per token, and the router averages its logits over the windows a prompt has.
+
+Saved as safetensors plus config.json (base model, weight fingerprint, shapes, the data and search they came
+from, label statistics); loading checks the base model so routers never run on a model they were not trained
+for. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from drllm_core import io
+from drllm_core.errors import DrllmError
+
+NUM_CLASSES = 3  # skip, execute, repeat
+
+
+class RouterMismatch(DrllmError):
+    pass
+
+
+@dataclass
+class RouterConfig:
+    num_layers: int
+    hidden_size: int
+    bottleneck: int = 128  # width of the router MLP (paper: 128)
+    windows: int = 8  # prompt windows pooled separately (paper: 8; more helps up to ~16)
+    base_model: str = ""  # spec of the base model (as in params.yaml `model.spec`)
+    base_model_name: str = ""
+    base_fingerprint: str = ""  # drllm_core.models.weights_fingerprint of the base model
+    provenance: dict = field(default_factory=dict)  # data manifest hash, search params, label statistics
+
+
+class Router(nn.Module):
+    """Linear(d, bottleneck) -> GELU(tanh) -> Linear(bottleneck, 3) on each window; logits averaged."""
+
+    def __init__(self, hidden_size: int, bottleneck: int):
+        super().__init__()
+        self.up = nn.Linear(hidden_size, bottleneck)
+        self.act = nn.GELU(approximate="tanh")
+        self.out = nn.Linear(bottleneck, NUM_CLASSES)
+        for linear in (self.up, self.out):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)  # the paper: zero bias beat a class-frequency bias
+
+    def forward(self, windows: Tensor, window_mask: Tensor) -> Tensor:
+        """windows (B, W, D), window_mask (B, W) -> logits (B, 3) averaged over each row's windows."""
+        logits = self.out(self.act(self.up(windows)))  # (B, W, 3)
+        weights = window_mask.to(logits.dtype).unsqueeze(-1)
+        return (logits * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class RouterSet(nn.Module):
+    def __init__(self, config: RouterConfig):
+        super().__init__()
+        self.config = config
+        self.routers = nn.ModuleList(
+            Router(config.hidden_size, config.bottleneck) for _ in range(config.num_layers)
+        )
+
+    def forward(self, features: Tensor, window_mask: Tensor) -> Tensor:
+        """features (B, L, W, D) -> logits (B, L, 3), every layer's router on its own input."""
+        return torch.stack([r(features[:, i], window_mask) for i, r in enumerate(self.routers)], dim=1)
+
+    def layer_logits(self, layer: int, windows: Tensor, window_mask: Tensor) -> Tensor:
+        return self.routers[layer](windows.to(self.routers[layer].up.weight.dtype), window_mask)
+
+    # ---- persistence -------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        with io.atomic_dir(folder) as tmp:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                tmp / "routers.safetensors",
+            )
+            io.write_json(tmp / "config.json", asdict(self.config))
+
+    @classmethod
+    def load(cls, folder: str | Path, base_fingerprint: str | None = None, force: bool = False) -> RouterSet:
+        """Load routers; refuse them when `base_fingerprint` (the model they will run on) differs from the
+        model they were trained on, unless forced."""
+        folder = Path(folder)
+        try:
+            config = RouterConfig(**json.loads((folder / "config.json").read_text()))
+            state = load_file(folder / "routers.safetensors")
+        except (OSError, ValueError, TypeError) as err:
+            raise RouterMismatch(f"cannot read routers from {folder}: {err}") from err
+        if base_fingerprint is not None and base_fingerprint != config.base_fingerprint and not force:
+            raise RouterMismatch(
+                f"routers in {folder} were trained on {config.base_model_name} (fingerprint {config.base_fingerprint}), "
+                f"not on this model (fingerprint {base_fingerprint}); pass force=True to use them anyway"
+            )
+        routers = cls(config)
+        routers.load_state_dict(state)
+        return routers.eval()
+
+    def check_model(self, num_layers: int, hidden_size: int) -> None:
+        if (num_layers, hidden_size) != (self.config.num_layers, self.config.hidden_size):
+            raise RouterMismatch(
+                f"routers expect {self.config.num_layers} layers of width {self.config.hidden_size}, the model has "
+                f"{num_layers} layers of width {hidden_size}"
+            )
+
+
+def routers_hash(folder: str | Path) -> str:
+    """Content hash of a saved router set (weights and config): the registry's identity for it."""
+    digest = hashlib.sha256()
+    for name in ("routers.safetensors", "config.json"):
+        digest.update((Path(folder) / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
+    """Mean-pool each row's prompt tokens into min(windows, T) windows of T // min(windows, T) tokens.
+
+    hidden (B, T, D), prompt_mask (B, T) True on prompt tokens (any padding or answer tokens False)
+    -> pooled (B, windows, D) float32, window_mask (B, windows) True for windows a row has."""
+    prompt_mask = prompt_mask.to(hidden.device).bool()
+    count = prompt_mask.sum(1)  # (B,)
+    used = torch.minimum(count, torch.tensor(windows, device=hidden.device)).clamp(min=1)
+    size = (count // used).clamp(min=1)  # tokens per window
+    rank = prompt_mask.long().cumsum(1) - 1  # position of each prompt token among the row's prompt tokens
+    window = rank // size.unsqueeze(1)
+    keep = prompt_mask & (window < used.unsqueeze(1))
+    index = torch.where(keep, window, torch.full_like(window, windows))  # dropped tokens go to a spare slot
+    pooled = torch.zeros(hidden.shape[0], windows + 1, hidden.shape[-1], device=hidden.device)
+    pooled.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]), hidden.float())
+    pooled = pooled[:, :windows] / size.view(-1, 1, 1).float()
+    window_mask = torch.arange(windows, device=hidden.device).unsqueeze(0) < used.unsqueeze(1)
+    return pooled, window_mask
+
+
+def knob_decisions(logits: Tensor, knob: float) -> Tensor:
+    """Counts from router logits (B, 3) under the control knob p in [-1, 1] (our reading of the paper's
+    appendix C): the router's distribution q is mixed towards all-skip for p < 0 ((1+p) q + (-p) skip),
+    towards all-execute for 0 < p <= 0.5 ((1-2p) q + 2p execute), and from execute towards all-repeat for
+    p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats everything."""
+    if not -1.0 <= knob <= 1.0:
+        raise ValueError(f"the routing knob must lie in [-1, 1], got {knob}")
+    probs = torch.softmax(logits.float(), dim=-1)
+    onehot = torch.eye(NUM_CLASSES, device=probs.device)
+    if knob < 0:
+        probs = (1 + knob) * probs + (-knob) * onehot[0]
+    elif knob <= 0.5:
+        probs = (1 - 2 * knob) * probs + 2 * knob * onehot[1]
+    else:
+        probs = (2 - 2 * knob) * onehot[1].expand_as(probs) + (2 * knob - 1) * onehot[2]
+    return probs.argmax(-1)

@@ -1,0 +1,32 @@
+"""Stage `register`: put the trained routers into the MLflow model registry as a pyfunc, alias `candidate`.
+
+The registered model is named after the base model (drllm-<model>); a version is keyed by the routers'
+content hash, so a router set DVC restores from its run cache is registered exactly once, however often
+this runs. Reads params `model`.
+"""
+
+from __future__ import annotations
+
+from drllm_core import io, tracking
+from drllm_core.routers import routers_hash
+from pipeline.common import load_params, log, parser, run, section
+
+
+def main() -> None:
+    args = parser(__doc__)
+    args.add_argument("--routers", required=True, help="e.g. models/routers/mcts")
+    args.add_argument("--alias", default="candidate")
+    args = args.parse_args()
+    params = load_params(args.params)
+    config = io.read_json(f"{args.routers}/config.json")
+    name = tracking.registered_model_name(config["base_model_name"])
+    digest = routers_hash(args.routers)
+    version, newly = tracking.register_routers(
+        args.routers, name, digest, section(params, "model"), args.alias, {"drllm.routers_hash": digest}
+    )
+    state = "registered" if newly else "already registered"
+    log.info("%s %s version %s (routers %s), alias %s", state, name, version.version, digest, args.alias)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,157 @@
+"""Routers, windowed pooling, the knob, persistence, features and training."""
+
+import pytest
+import torch
+
+from drllm_core.engine import PathEngine
+from drllm_core.inference import RoutedModel
+from drllm_core.models import weights_fingerprint
+from drllm_core.routers import (
+    RouterConfig,
+    RouterMismatch,
+    RouterSet,
+    knob_decisions,
+    pool_windows,
+    routers_hash,
+)
+from drllm_core.tasks.evaluator import ExampleScorer
+from drllm_core.tasks.schema import Example
+from drllm_core.training import (
+    TrainConfig,
+    build_features,
+    classification_metrics,
+    effective_number_weights,
+    focal_loss,
+    train_routers,
+)
+from tests.conftest import tiny_loaded
+
+
+def test_pooling_uses_min_windows_tokens_and_drops_trailing_ones():
+    hidden = torch.arange(10, dtype=torch.float).view(1, 10, 1).expand(2, 10, 1).clone()
+    mask = torch.tensor([[True] * 10, [False] * 7 + [True] * 3])  # 10 prompt tokens; 3 left-padded ones
+    pooled, window_mask = pool_windows(hidden, mask, windows=4)
+    # row 0: 4 windows of 10 // 4 = 2 tokens (0,1 | 2,3 | 4,5 | 6,7), tokens 8 and 9 dropped
+    assert pooled[0, :, 0].tolist() == [0.5, 2.5, 4.5, 6.5] and window_mask[0].all()
+    # row 1: a 3-token prompt has 3 one-token windows
+    assert pooled[1, :3, 0].tolist() == [7.0, 8.0, 9.0] and window_mask[1].tolist() == [
+        True,
+        True,
+        True,
+        False,
+    ]
+
+
+def test_router_shapes_init_and_window_average():
+    routers = RouterSet(RouterConfig(num_layers=3, hidden_size=8, bottleneck=5, windows=2))
+    first = routers.routers[0]
+    assert first.up.bias.abs().sum() == 0 and first.out.bias.abs().sum() == 0
+    features, mask = torch.randn(4, 3, 2, 8), torch.tensor([[True, True]] * 3 + [[True, False]])
+    logits = routers(features, mask)
+    assert logits.shape == (4, 3, 3)
+    single = first(features[3:, 0, :1], torch.tensor([[True]]))
+    torch.testing.assert_close(logits[3, 0], single[0])  # the masked window does not count
+
+
+def test_knob_extremes_and_centre():
+    logits = torch.tensor([[0.0, 3.0, 0.0], [2.0, 0.0, 0.0]])
+    assert knob_decisions(logits, 0.0).tolist() == [1, 0]
+    assert knob_decisions(logits, -1.0).tolist() == [0, 0]
+    assert knob_decisions(logits, 0.5).tolist() == [1, 1]
+    assert knob_decisions(logits, 1.0).tolist() == [2, 2]
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        knob_decisions(logits, 1.5)
+
+
+def test_save_load_refuses_another_base_model(tmp_path):
+    routers = RouterSet(
+        RouterConfig(num_layers=2, hidden_size=4, bottleneck=3, base_model_name="a", base_fingerprint="f1")
+    )
+    routers.save(tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json", "routers.safetensors"]
+    loaded = RouterSet.load(tmp_path / "r", base_fingerprint="f1")
+    assert torch.equal(loaded.routers[1].up.weight, routers.routers[1].up.weight)
+    with pytest.raises(RouterMismatch, match="trained on a"):
+        RouterSet.load(tmp_path / "r", base_fingerprint="other")
+    assert RouterSet.load(tmp_path / "r", base_fingerprint="other", force=True)
+    assert len(routers_hash(tmp_path / "r")) == 16
+    with pytest.raises(RouterMismatch, match="expect 2 layers"):
+        loaded.check_model(6, 4)
+
+
+def test_effective_number_weights_and_focal_loss():
+    labels = torch.tensor([1] * 90 + [0] * 10)
+    weights = effective_number_weights(labels, beta=0.999)
+    assert weights[0] > weights[1] and weights[2] == 0 and weights.sum() == pytest.approx(2.0)
+    logits = torch.tensor([[[0.0, 5.0, 0.0]]])
+    easy = focal_loss(logits, torch.tensor([[1]]), 2.0, torch.ones(3))
+    hard = focal_loss(logits, torch.tensor([[0]]), 2.0, torch.ones(3))
+    assert easy < 1e-3 < hard
+    assert focal_loss(logits, torch.tensor([[0]]), 0.0, torch.ones(3)) == pytest.approx(
+        torch.nn.functional.cross_entropy(logits[0], torch.tensor([0])).item(), rel=1e-5
+    )
+
+
+def test_metrics_on_a_known_confusion():
+    target = torch.tensor([[0, 1, 1, 1]])
+    predicted = torch.tensor([[0, 0, 1, 1]])
+    metrics = classification_metrics(predicted, target)
+    assert metrics["per_class"]["skip"]["precision"] == 0.5 and metrics["per_class"]["execute"][
+        "recall"
+    ] == pytest.approx(2 / 3)
+    assert metrics["confusion"] == [[1, 0, 0], [1, 2, 0], [0, 0, 0]]
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # repeat never occurs: not averaged
+
+
+def test_routers_learn_a_learnable_rule_and_beat_trivial_predictors():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 4, 2, 6, generator=generator)
+    labels = torch.ones(300, 4, dtype=torch.long)
+    labels[features[:, :, 0, 0] > 1.0] = 0  # skip when the first feature is large (~16%)
+    labels[features[:, :, 0, 1] > 1.5] = 2  # repeat when the second one is (~6%)
+    result = train_routers(
+        features,
+        torch.ones(300, 2, dtype=torch.bool),
+        labels,
+        RouterConfig(num_layers=4, hidden_size=6, bottleneck=16, windows=2),
+        TrainConfig(epochs=30, lr=3e-3, val_fraction=0.3),
+    )
+    best_trivial = max(b["macro_f1"] for b in result.baselines.values())
+    assert result.validation["macro_f1"] > best_trivial + 0.2
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+
+
+def test_features_follow_the_labelled_path_and_leave_the_model_untouched():
+    loaded = tiny_loaded()
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    examples = [Example(f"t/{i}", "t", f"Question {i} is about what?", ["a", "b"], 0) for i in range(3)]
+    labels = torch.tensor([[1, 0, 1, 2, 1, 1], [1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 1, 2]])
+    features, window_mask = build_features(scorer, examples, labels, windows=4, batch_size=2)
+    assert features.shape == (3, 6, 4, 64) and window_mask.all()
+    # layer 3's input for example 0 is the hidden state after layers 0..2 along its labels (1, 0, 1)
+    engine = scorer.engine
+    ids = torch.tensor([scorer.prompt_ids(examples[0])])
+    state = engine.run(engine.embed(ids), labels[:1], stop=3)
+    expected, _ = pool_windows(state.hidden, torch.ones_like(ids, dtype=torch.bool), 4)
+    torch.testing.assert_close(features[0, 3].float(), expected[0], rtol=2e-2, atol=2e-2)
+    train_routers(
+        features, window_mask, labels, RouterConfig(6, 64, 8, 4), TrainConfig(epochs=2, val_fraction=0.34)
+    )
+    assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())
+
+
+def test_routed_model_decides_per_row_and_respects_skip_runs():
+    loaded = tiny_loaded()
+    config = RouterConfig(6, 64, 8, 4, base_fingerprint=weights_fingerprint(loaded.model))
+    routers = RouterSet(config)
+    with torch.no_grad():  # routers that always want to skip
+        for router in routers.routers:
+            router.out.bias.copy_(torch.tensor([10.0, 0.0, 0.0]))
+    routed = RoutedModel(loaded, routers)
+    answers = routed.generate(["Hi there", "What is two plus two?"], max_new_tokens=3)
+    for answer in answers:
+        assert answer.path == (0, 0, 1, 0, 0, 1)  # skips forced back to execute after a run of 2
+        assert answer.blocks == 2
+    unconstrained = RoutedModel(loaded, routers, enforce_constraints=False).generate(["Hi"], max_new_tokens=2)
+    assert unconstrained[0].path == (0,) * 6
