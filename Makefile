@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.drllm-installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: setup repro test test-unit lint format lock bench clean
+.PHONY: setup repro test test-unit lint format lock bench promote ui clean
 setup: $(STAMP)
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
@@ -44,6 +44,14 @@ lock: setup
 	  | sed -E 's/^torch==([0-9.]+)\+.*/torch==\1/' > requirements.lock.tmp
 	@{ head -2 requirements.lock; cat requirements.lock.tmp; } > requirements.lock.new
 	@rm requirements.lock.tmp && mv requirements.lock.new requirements.lock
+
+# Move the MLflow alias `champion` to the evaluated routers when the gates in params.yaml pass.
+promote: setup
+	@python -m pipeline.promote
+
+# Serve the local MLflow store (runs of every stage, the model registry) on http://localhost:5000.
+ui: setup
+	@mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --port 5000
 
 bench: setup
 	@$(BIN)/python -m benchmarks.engine

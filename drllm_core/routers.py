@@ -71,8 +71,16 @@ class RouterSet(nn.Module):
         )
 
     def forward(self, features: Tensor, window_mask: Tensor) -> Tensor:
-        """features (B, L, W, D) -> logits (B, L, 3), every layer's router on its own input."""
-        return torch.stack([r(features[:, i], window_mask) for i, r in enumerate(self.routers)], dim=1)
+        """features (B, L, W, D) -> logits (B, L, 3), every layer's router on its own input. The same
+        computation as calling each Router, done as two batched einsums over stacked weights (training speed)."""
+        up_w = torch.stack([r.up.weight for r in self.routers])  # (L, K, D)
+        up_b = torch.stack([r.up.bias for r in self.routers])  # (L, K)
+        out_w = torch.stack([r.out.weight for r in self.routers])  # (L, 3, K)
+        out_b = torch.stack([r.out.bias for r in self.routers])  # (L, 3)
+        hidden = self.routers[0].act(torch.einsum("blwd,lkd->blwk", features, up_w) + up_b[:, None, :])
+        logits = torch.einsum("blwk,lck->blwc", hidden, out_w) + out_b[:, None, :]  # (B, L, W, 3)
+        weights = window_mask.to(logits.dtype)[:, None, :, None]
+        return (logits * weights).sum(2) / weights.sum(2).clamp(min=1)
 
     def layer_logits(self, layer: int, windows: Tensor, window_mask: Tensor) -> Tensor:
         return self.routers[layer](windows.to(self.routers[layer].up.weight.dtype), window_mask)

@@ -16,3 +16,30 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_comparison(correct_a, correct_b, confidence: float = 0.95) -> dict:
+    """Compare two configurations on the same questions (a minus b).
+
+    McNemar's exact test on the discordant pairs (b_only: a right and b wrong, c_only: the reverse) and a
+    Wald interval for the paired difference of accuracies. `significant` means the p-value is below
+    1 - confidence; a difference inside the noise is reported as such."""
+    pairs = list(zip(correct_a, correct_b, strict=True))
+    n = len(pairs)
+    a_only = sum(1 for a, b in pairs if a and not b)
+    b_only = sum(1 for a, b in pairs if b and not a)
+    difference = (a_only - b_only) / n if n else math.nan
+    discordant = a_only + b_only
+    p_value = stats.binomtest(a_only, discordant, 0.5).pvalue if discordant else 1.0
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    se = math.sqrt(max(discordant - (a_only - b_only) ** 2 / n, 0.0)) / n if n else math.nan
+    return {
+        "n": n,
+        "difference": difference,
+        "ci_low": difference - z * se,
+        "ci_high": difference + z * se,
+        "a_only_correct": a_only,
+        "b_only_correct": b_only,
+        "mcnemar_p": float(p_value),
+        "significant": bool(p_value < 1 - confidence),
+    }

@@ -124,6 +124,7 @@ def register_routers(
                 artifacts={"routers": str(folder)},
                 model_config={"model": model_params},
                 code_paths=[str(model_file.parent)],
+                signature=_signature(),
                 pip_requirements=_requirements(),
                 registered_model_name=name,
             )
@@ -134,6 +135,18 @@ def register_routers(
         version, newly = existing, False
     client.set_registered_model_alias(name, alias, version.version)
     return version, newly
+
+
+def _signature():
+    """Prompts in; text, path and blocks out; generation options as inference-time params."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    return infer_signature(
+        pd.DataFrame({"prompt": ["a question"]}),
+        pd.DataFrame({"text": ["an answer"], "path": [[1, 0, 2]], "blocks": [3]}),
+        params={"max_new_tokens": 64, "knob": 0.0, "chat_template": True},
+    )
 
 
 def _requirements() -> list[str]:

@@ -155,7 +155,9 @@ def train_routers(
     features = features.float()
     routers = RouterSet(router_config)
     weights = effective_number_weights(labels[train_idx], config.beta)
-    optimizer = torch.optim.AdamW(routers.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        routers.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+    )
     steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
     total = steps_per_epoch * config.epochs
     warmup = max(1, int(config.warmup_fraction * total))

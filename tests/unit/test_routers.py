@@ -155,3 +155,10 @@ def test_routed_model_decides_per_row_and_respects_skip_runs():
         assert answer.blocks == 2
     unconstrained = RoutedModel(loaded, routers, enforce_constraints=False).generate(["Hi"], max_new_tokens=2)
     assert unconstrained[0].path == (0,) * 6
+
+
+def test_batched_forward_equals_each_router():
+    routers = RouterSet(RouterConfig(num_layers=3, hidden_size=8, bottleneck=5, windows=2))
+    features, mask = torch.randn(4, 3, 2, 8), torch.tensor([[True, True], [True, False]] * 2)
+    expected = torch.stack([r(features[:, i], mask) for i, r in enumerate(routers.routers)], dim=1)
+    torch.testing.assert_close(routers(features, mask), expected)

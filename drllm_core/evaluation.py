@@ -1,0 +1,175 @@
+"""Evaluation configurations and their honest baselines, and the summaries that compare them.
+
+Configurations (each scores the same questions, so every comparison is paired):
+  vanilla        the default path
+  drllm          routers trained on MCTS labels, at the default knob (and `drllm_knob_<p>` over a sweep)
+  routers_<x>    routers trained on other labels: `chain` / `random` search, `shuffled` (the control)
+  shortgpt_bi    static pruning in the style of ShortGPT: drop the layers with the lowest Block Influence
+                 (1 - cosine between a block's input and output, on search examples), as many as Dr.LLM saves
+  best_static    the single static path, chosen greedily on search examples, with the blocks Dr.LLM uses
+  random_skip    per question, the same number of blocks as Dr.LLM's path for it, skipped at random
+  oracle_search  the MCTS paths on the search set: an upper bound (every kept path is right by construction)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from drllm_core.paths import EXECUTE, SKIP, LayerPath, PathConstraints
+from drllm_core.rewards import PathRewards
+from drllm_core.stats import paired_comparison, wilson_interval
+from drllm_core.tasks.evaluator import ExampleScorer
+from drllm_core.tasks.schema import Example, letter
+
+
+@torch.no_grad()
+def block_influence(scorer: ExampleScorer, examples: Sequence[Example], batch_size: int = 8) -> list[float]:
+    """ShortGPT's Block Influence per layer: 1 - mean cosine similarity between the hidden state entering and
+    leaving the block, over the prompt tokens of `examples`, on the default path."""
+    engine = scorer.engine
+    totals = torch.zeros(engine.num_layers, dtype=torch.float64)
+    tokens = 0
+    for start in range(0, len(examples), batch_size):
+        rows = [scorer.prompt_ids(e) for e in examples[start : start + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [scorer.tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        state = engine.embed(ids, mask)
+        real = mask.bool().to(state.hidden.device)
+        for layer in range(engine.num_layers):
+            before = state.hidden
+            state = engine.run(state, engine.default_paths(len(rows)), stop=layer + 1)
+            cosine = torch.nn.functional.cosine_similarity(before.float(), state.hidden.float(), dim=-1)
+            totals[layer] += (1 - cosine)[real].sum().item()
+        tokens += int(real.sum())
+    return (totals / max(tokens, 1)).tolist()
+
+
+def lowest_influence_path(influence: Sequence[float], skips: int) -> LayerPath:
+    """Skip the `skips` layers with the lowest Block Influence (ShortGPT applies no further constraint)."""
+    counts = [EXECUTE] * len(influence)
+    for layer in np.argsort(influence, kind="stable")[:skips]:
+        counts[int(layer)] = SKIP
+    return LayerPath(tuple(counts))
+
+
+def best_static_path(
+    scorer: ExampleScorer, examples: Sequence[Example], skips: int, constraints: PathConstraints
+) -> tuple[LayerPath, list[dict]]:
+    """Greedy: `skips` times, skip the layer whose removal keeps the most search examples right (ties: the
+    larger summed margin). Candidates share prefixes with the current path, so PathRewards reuses them."""
+    rewards = [PathRewards(scorer, example) for example in examples]
+    current = LayerPath.default(scorer.engine.num_layers)
+    trace = []
+    for _ in range(skips):
+        candidates = [
+            current.with_count(layer, SKIP)
+            for layer, count in enumerate(current.counts)
+            if count == EXECUTE and current.with_count(layer, SKIP).is_valid(current.num_layers, constraints)
+        ]
+        if not candidates:
+            break
+        outcomes = [r(candidates) for r in rewards]
+        scores = [
+            (sum(o[i].correct for o in outcomes), sum(np.nan_to_num(o[i].margin) for o in outcomes))
+            for i in range(len(candidates))
+        ]
+        best = max(range(len(candidates)), key=lambda i: scores[i])
+        current = candidates[best]
+        trace.append({"path": str(current), "search_correct": scores[best][0], "examples": len(examples)})
+    return current, trace
+
+
+def random_paths(
+    saved: Sequence[int], num_layers: int, constraints: PathConstraints, seed: int
+) -> list[LayerPath]:
+    """For each question, a random valid path that skips `saved[i]` layers (the default path when <= 0)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for count in saved:
+        path = LayerPath.default(num_layers)
+        for _ in range(1000):
+            layers = rng.choice(num_layers, size=max(0, min(count, num_layers)), replace=False)
+            candidate = LayerPath(
+                tuple(SKIP if i in set(layers.tolist()) else EXECUTE for i in range(num_layers))
+            )
+            if candidate.is_valid(num_layers, constraints):
+                path = candidate
+                break
+        paths.append(path)
+    return paths
+
+
+def result_rows(
+    config: str, set_name: str, examples: Sequence[Example], decisions, extra: dict | None = None
+) -> list[dict]:
+    rows = []
+    for example, decision in zip(examples, decisions, strict=True):
+        gold = letter(example.answer_index) if example.choices else example.answer
+        rows.append(
+            {
+                "config": config,
+                "set": set_name,
+                "example_id": example.example_id,
+                "task": example.task,
+                "prediction": decision.prediction,
+                "gold": gold,
+                "correct": bool(decision.correct),
+                "margin": float(decision.margin),
+                "path": list(decision.path),
+                "blocks": int(sum(decision.path)),
+                **(extra or {}),
+            }
+        )
+    return rows
+
+
+def summarize(results: pd.DataFrame, num_layers: int) -> pd.DataFrame:
+    """Per configuration x set x task (and task 'all'): accuracy with its 95% Wilson interval, blocks per
+    token, blocks saved and share of paths that differ between questions."""
+    rows = []
+    for (config, set_name), frame in results.groupby(["config", "set"], sort=False):
+        groups = [("all", frame), *frame.groupby("task", sort=True)]
+        for task, part in groups:
+            correct, n = int(part["correct"].sum()), len(part)
+            low, high = wilson_interval(correct, n)
+            blocks = float(part["blocks"].mean())
+            rows.append(
+                {
+                    "config": config,
+                    "set": set_name,
+                    "task": task,
+                    "n": n,
+                    "accuracy": correct / n,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "blocks_per_token": blocks,
+                    "blocks_saved": num_layers - blocks,
+                    "saved_pct": 100 * (1 - blocks / num_layers),
+                    "distinct_paths": int(part["path"].map(tuple).nunique()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def compare(results: pd.DataFrame, config: str, reference: str, set_name: str) -> dict | None:
+    """Paired comparison of two configurations on the questions both answered."""
+    a = results[(results["config"] == config) & (results["set"] == set_name)].set_index("example_id")[
+        "correct"
+    ]
+    b = results[(results["config"] == reference) & (results["set"] == set_name)].set_index("example_id")[
+        "correct"
+    ]
+    shared = a.index.intersection(b.index)
+    if shared.empty:
+        return None
+    return {
+        "config": config,
+        "reference": reference,
+        "set": set_name,
+        **paired_comparison(a.loc[shared].tolist(), b.loc[shared].tolist()),
+    }

@@ -1,0 +1,73 @@
+"""Evaluation baselines and summaries on a tiny model."""
+
+import pandas as pd
+import pytest
+import torch
+
+from drllm_core.engine import PathEngine
+from drllm_core.evaluation import (
+    best_static_path,
+    block_influence,
+    compare,
+    lowest_influence_path,
+    random_paths,
+    result_rows,
+    summarize,
+)
+from drllm_core.paths import PathConstraints
+from drllm_core.stats import paired_comparison, wilson_interval
+from drllm_core.tasks.evaluator import ExampleScorer
+from drllm_core.tasks.schema import Example
+from tests.conftest import tiny_loaded
+
+EXAMPLES = [
+    Example(f"t/{i}", "t", f"Which word comes {i} times?", ["one", "two", "three"], i % 3) for i in range(6)
+]
+
+
+def _scorer():
+    loaded = tiny_loaded()
+    return ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+
+
+def test_block_influence_and_lowest_influence_pruning():
+    influence = block_influence(_scorer(), EXAMPLES[:3], batch_size=2)
+    assert len(influence) == 6 and all(0 <= v <= 2 for v in influence)
+    path = lowest_influence_path([0.5, 0.1, 0.9, 0.05, 0.3, 0.7], 2)
+    assert path.counts == (1, 0, 1, 0, 1, 1)
+
+
+def test_best_static_path_is_greedy_and_valid():
+    constraints = PathConstraints()
+    path, trace = best_static_path(_scorer(), EXAMPLES, 3, constraints)
+    assert path.blocks == 3 and path.is_valid(6, constraints) and len(trace) == 3
+    assert all(step["examples"] == 6 for step in trace)
+
+
+def test_random_paths_skip_the_asked_number_of_layers():
+    paths = random_paths([0, 1, 2, 3, -1], 6, PathConstraints(), seed=0)
+    assert [p.blocks_saved for p in paths] == [0, 1, 2, 3, 0]
+    assert all(p.is_valid(6, PathConstraints()) for p in paths)
+
+
+def test_summaries_and_paired_comparison():
+    scorer = _scorer()
+    decisions = scorer.score(EXAMPLES)
+    frame = pd.DataFrame(result_rows("vanilla", "eval_id", EXAMPLES, decisions))
+    counts = torch.tensor([[1, 0, 1, 1, 1, 1]] * len(EXAMPLES))
+    other = pd.DataFrame(result_rows("static", "eval_id", EXAMPLES, scorer.score(EXAMPLES, counts)))
+    both = pd.concat([frame, other])
+    summary = summarize(both, 6)
+    row = summary[(summary["config"] == "static") & (summary["task"] == "all")].iloc[0]
+    assert row["blocks_per_token"] == 5 and row["saved_pct"] == pytest.approx(100 / 6) and row["n"] == 6
+    comparison = compare(both, "static", "vanilla", "eval_id")
+    assert comparison["n"] == 6 and -1 <= comparison["difference"] <= 1
+
+
+def test_paired_statistics():
+    same = paired_comparison([True, False] * 50, [True, False] * 50)
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and not same["significant"]
+    better = paired_comparison([True] * 100, [True] * 80 + [False] * 20)
+    assert better["difference"] == pytest.approx(0.2) and better["significant"] and better["ci_low"] > 0.1
+    low, high = wilson_interval(0, 10)
+    assert low == 0 and 0.2 < high < 0.35
