@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.drllm-installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: setup repro test test-unit lint format lock bench promote ui clean
+.PHONY: setup repro test test-unit lint format lock bench promote ui ablations clean
 setup: $(STAMP)
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
@@ -52,6 +52,16 @@ promote: setup
 # Serve the local MLflow store (runs of every stage, the model registry) on http://localhost:5000.
 ui: setup
 	@mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --port 5000
+
+# Queue the ablations as DVC experiments and run the queue (`dvc exp show` compares them; MLflow has the runs).
+ablations: setup
+	@dvc exp run --queue -n margin-reward -S search.reward=margin -S search.margin=0.5
+	@dvc exp run --queue -n paper-early-stop -S search.early_stop=true
+	@dvc exp run --queue -n simulations-50 -S search.simulations=50
+	@dvc exp run --queue -n windows-16 -S train.windows=16
+	@dvc exp run --queue -n knob-minus-0.2 -S evaluate.knob=-0.2
+	@dvc queue start --jobs 1
+	@echo "queued; follow with: dvc queue status, dvc exp show"
 
 bench: setup
 	@$(BIN)/python -m benchmarks.engine

@@ -1,0 +1,102 @@
+"""Routed vs vanilla wall clock: `python -m benchmarks.inference` (needs models/routers/mcts from `dvc repro`).
+
+Batch 1 and 8, prefill plus 64 greedy tokens on in-domain test prompts, the default model. Reports the time
+saved against the ideal saving (the routed paths' skipped blocks at the measured cost of a block, against all
+the work of a step, as in benchmarks/engine.py) and the router overhead (pooling + router MLPs) as a share of
+the prefill forward time. Targets: >= 90% of the ideal saving; router overhead <= 2%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+import torch
+
+from benchmarks.common import interleaved_times, print_table, write_json
+from drllm_core.inference import RoutedModel
+from drllm_core.models import ModelSpec, load_model
+from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
+
+
+def bench_batch(routed: RoutedModel, scorer: ExampleScorer, examples, args) -> dict:
+    engine, layers, batch = routed.engine, routed.loaded.num_layers, len(examples)
+    prompts = [scorer.prompt_ids(e) for e in examples]
+    width = max(len(p) for p in prompts)
+    pad = routed.loaded.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    routed_counts = engine.generate(ids, None, mask, 1, decide=routed.decider(mask.bool())).counts
+    router_seconds = 0.0
+
+    def timed_decider():
+        inner = routed.decider(mask.bool())
+
+        def decide(layer, hidden):
+            nonlocal router_seconds
+            start = time.perf_counter()
+            counts = inner(layer, hidden)
+            router_seconds += time.perf_counter() - start
+            return counts
+
+        return decide
+
+    def generate(counts=None, routed_paths=False):
+        decide = routed.decider(mask.bool()) if routed_paths else None
+        return engine.generate(ids, counts, mask, args.new_tokens, decide=decide)
+
+    times = interleaved_times(
+        {
+            "vanilla": lambda: generate(engine.default_paths(batch)),
+            "routed": lambda: generate(routed_paths=True),
+            "no_blocks": lambda: generate(torch.zeros(batch, layers, dtype=torch.long)),
+        },
+        args.repeats,
+    )
+    prefill = interleaved_times(
+        {"prefill": lambda: engine.generate(ids, None, mask, 1, decide=timed_decider())}, args.repeats
+    )
+    router_seconds = 0.0
+    engine.generate(ids, None, mask, 1, decide=timed_decider())
+    block_time = times["vanilla"] - times["no_blocks"]
+    saved_share = 1 - routed_counts.sum().item() / (batch * layers)
+    ideal = saved_share * block_time / times["vanilla"]
+    achieved = 1 - times["routed"] / times["vanilla"]
+    return {
+        "batch": batch,
+        "vanilla_ms": 1000 * times["vanilla"],
+        "routed_ms": 1000 * times["routed"],
+        "blocks_saved_pct": 100 * saved_share,
+        "ideal_saving_pct": 100 * ideal,
+        "saving_pct": 100 * achieved,
+        "share_of_ideal_pct": 100 * achieved / ideal if ideal > 0 else float("nan"),
+        "router_overhead_pct": 100 * router_seconds / prefill["prefill"],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--routers", default="models/routers/mcts")
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--knob", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    loaded = load_model(ModelSpec(spec=args.model))
+    routed = RoutedModel.from_folder(loaded, args.routers, knob=args.knob)
+    scorer = ExampleScorer(routed.engine, loaded.tokenizer, {})
+    examples = examples_from_frame(pd.read_parquet("data/prepared/eval_id.parquet"))
+    rows = [bench_batch(routed, scorer, examples[:batch], args) for batch in (1, 8)]
+    print(
+        f"model {loaded.name}, routers {args.routers}, knob {args.knob}, {torch.get_num_threads()} threads, "
+        f"{args.new_tokens} new tokens"
+    )
+    print_table("Routed vs vanilla generation (prefill + greedy tokens)", rows)
+    write_json("inference", {"model": loaded.name, "routers": args.routers, "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The whole pipeline end to end with `dvc repro`, on a copy of the repository, with a tiny random model and
+small sets: every stage runs for real (search, GX validation, training, MLflow registry, evaluation, report).
+Then: a second `dvc repro` does nothing, a search parameter invalidates only search and what follows,
+`dvc exp run -S` works, and the HTML report renders in headless Chromium with numbers equal to the metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_loaded
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sh(args, cwd, env, check=True):
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, args))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+        )
+    return done
+
+
+def small_params(model_folder: Path) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"].update({"spec": str(model_folder), "dtype": "float32"})
+    params["tasks"]["gsm8k"]["max_new_tokens"] = 6
+    params["prepare"]["sets"] = {
+        "search": [{"task": "arc_easy", "source": "embedded", "split": "validation", "size": 48}],
+        "eval_id": [
+            {"task": "arc_easy", "source": "embedded", "split": "test", "size": 24},
+            {"task": "arc_challenge", "source": "embedded", "split": "test", "size": 12},
+        ],
+        "eval_ood": [
+            {"task": "piqa", "source": "embedded", "split": "validation", "size": 8},
+            {"task": "gsm8k", "source": "embedded", "split": "test", "size": 3},
+        ],
+        "shots": [],
+    }
+    params["search"].update({"max_examples": None, "simulations": 12, "threads": 1})
+    params["validate"].update(
+        {
+            "min_examples": 5,
+            "shares": {k: {"warn": [0.0, 1.0], "fail": [0.0, 1.0]} for k in ("skip", "repeat")},
+        }
+    )
+    params["train"].update({"epochs": 3, "bottleneck": 16})
+    params["evaluate"].update(
+        {"knob_sweep": [-0.5], "static_examples": 6, "speed_prompts": 1, "speed_tokens": 4}
+    )
+    return params
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    work = root / "repo"
+    files = _sh(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO, os.environ
+    ).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    tiny = tiny_loaded("llama")
+    tiny.model.save_pretrained(root / "model")
+    tiny.tokenizer.save_pretrained(root / "model")
+    (work / "params.yaml").write_text(yaml.safe_dump(small_params(root / "model"), sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "RAY_AUTH_MODE": "disabled",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    _sh(["git", "init", "-q"], work, env)
+    _sh(["git", "add", "-A"], work, env)
+    _sh(["git", "commit", "-q", "-m", "copy"], work, env)
+    first = _sh(["dvc", "repro"], work, env)
+    return work, env, first
+
+
+def test_every_stage_ran_and_wrote_its_outputs(pipeline):
+    work, _, first = pipeline
+    for stage in (
+        "prepare",
+        "search@mcts",
+        "validate@chain",
+        "features@random",
+        "train@shuffled",
+        "register",
+        "evaluate",
+        "report",
+    ):
+        assert f"Running stage '{stage}'" in first.stdout, stage
+    evaluation = json.loads((work / "metrics/eval.json").read_text())
+    assert {
+        "vanilla/eval_id",
+        "drllm/eval_id",
+        "drllm/eval_ood",
+        "shortgpt_bi/eval_id",
+        "best_static/eval_id",
+        "random_skip/eval_id",
+        "routers_shuffled/eval_id",
+        "drllm_knob_-0.50/eval_id",
+    } <= set(evaluation["configs"])
+    assert (work / "reports/report.html").is_file() and (work / "reports/figures/pareto.png").is_file()
+
+
+def test_second_repro_does_nothing_and_a_search_param_reruns_only_downstream(pipeline):
+    work, env, _ = pipeline
+    again = _sh(["dvc", "repro"], work, env)
+    assert "Running stage" not in again.stdout
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["search"]["exploration"] = 1.0
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _sh(["dvc", "status", "--json"], work, env).stdout
+    changed = set(json.loads(status))
+    assert "prepare" not in changed and {"search@mcts", "search@chain", "search@random"} <= changed
+    _sh(["git", "checkout", "params.yaml"], work, env)
+
+
+def test_dvc_exp_run_with_a_set_param(pipeline):
+    work, env, _ = pipeline
+    done = _sh(["dvc", "exp", "run", "-S", "train.epochs=2"], work, env)
+    assert "Running stage 'train@mcts'" in done.stdout and "Running stage 'search@mcts'" not in done.stdout
+    shown = _sh(["dvc", "exp", "show", "--json"], work, env).stdout
+    assert "train.epochs" in shown or '"epochs": 2' in shown
+
+
+def test_report_renders_in_headless_chromium_with_the_evaluate_metrics(pipeline):
+    work, _, _ = pipeline
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    evaluation = json.loads((work / "metrics/eval.json").read_text())
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page()
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((work / "reports/report.html").as_uri())
+        page.wait_for_load_state("load")
+        for name in ("pareto", "routing", "labels", "confusion"):
+            loaded = page.evaluate(
+                f"() => {{ const i = document.getElementById('figure-{name}'); return !!i && i.complete && i.naturalWidth > 0; }}"
+            )
+            assert loaded, f"figure {name} missing or not loaded"
+        rows = page.evaluate("""() => [...document.querySelectorAll('#results tbody tr')].map(
+            tr => Object.fromEntries([...tr.querySelectorAll('td')].map(td => [td.dataset.col, td.textContent])))""")
+        browser.close()
+    assert not errors, errors
+    shown = {f"{r['configuration']}/{r['set']}": r for r in rows}
+    for key, values in evaluation["configs"].items():
+        for column in ("accuracy", "ci_low", "ci_high", "blocks_per_token"):
+            assert float(shown[key][column]) == pytest.approx(values[column], abs=1e-4), (key, column)

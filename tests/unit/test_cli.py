@@ -1,0 +1,75 @@
+"""The `drllm` command line: routed generation and scoring with a router folder, and clear errors."""
+
+import json
+
+import pandas as pd
+
+from drllm_core import cli
+from drllm_core.models import ModelSpec, load_model, weights_fingerprint
+from drllm_core.prepare import build_sets
+from drllm_core.routers import RouterConfig, RouterSet
+from tests.conftest import tiny_loaded
+
+
+def _project(tmp_path):
+    tiny = tiny_loaded()
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    loaded = load_model(ModelSpec(spec=str(tmp_path / "model"), dtype="float32"))
+    RouterSet(
+        RouterConfig(6, 64, 8, 4, base_model_name="tiny", base_fingerprint=weights_fingerprint(loaded.model))
+    ).save(tmp_path / "routers")
+    return str(tmp_path / "model"), str(tmp_path / "routers")
+
+
+def test_generate_and_score(tmp_path, capsys):
+    model, routers = _project(tmp_path)
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--routers",
+                routers,
+                "--model",
+                model,
+                "--dtype",
+                "float32",
+                "--max-new-tokens",
+                "3",
+                "Hi",
+                "Bye",
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["prompt"] for line in lines] == ["Hi", "Bye"] and all(
+        len(line["path"]) == 6 for line in lines
+    )
+    (tmp_path / "q.jsonl").write_text(
+        "\n".join(
+            json.dumps({"question": f"Q{i}?", "choices": ["a", "b"], "answer_index": 0}) for i in range(4)
+        )
+    )
+    frames, _ = build_sets(
+        {"sets": {"eval_id": [{"task": "toy", "source": "local", "path": str(tmp_path / "q.jsonl")}]}}
+    )
+    frames["eval_id"].to_parquet(tmp_path / "eval.parquet")
+    assert (
+        cli.main(
+            ["score", "--routers", routers, "--model", model, "--examples", str(tmp_path / "eval.parquet")]
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 5 and lines[-1]["examples"] == 4 and "blocks_per_token" in lines[-1]
+    assert set(pd.DataFrame(lines[:-1])["correct"]) <= {True, False}
+
+
+def test_routers_for_another_model_are_refused(tmp_path, capsys):
+    _, routers = _project(tmp_path)
+    other = tiny_loaded(seed=5)
+    other.model.save_pretrained(tmp_path / "other")
+    other.tokenizer.save_pretrained(tmp_path / "other")
+    assert cli.main(["generate", "--routers", routers, "--model", str(tmp_path / "other"), "Hi"]) == 1
+    assert "pass force=True" in capsys.readouterr().err
