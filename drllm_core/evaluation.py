@@ -13,6 +13,7 @@ Configurations (each scores the same questions, so every comparison is paired):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,8 @@ from drllm_core.rewards import PathRewards
 from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example, letter
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -81,6 +84,13 @@ def best_static_path(
         best = max(range(len(candidates)), key=lambda i: scores[i])
         current = candidates[best]
         trace.append({"path": str(current), "search_correct": scores[best][0], "examples": len(examples)})
+        log.info(
+            "best static path, %d skipped: %s (%d/%d search questions right)",
+            len(trace),
+            current,
+            scores[best][0],
+            len(examples),
+        )
     return current, trace
 
 
@@ -173,3 +183,34 @@ def compare(results: pd.DataFrame, config: str, reference: str, set_name: str) -
         "set": set_name,
         **paired_comparison(a.loc[shared].tolist(), b.loc[shared].tolist()),
     }
+
+
+def calibrate_knob(
+    scorer: ExampleScorer,
+    routed,
+    examples: Sequence[Example],
+    grid: Sequence[float],
+    min_blocks_saved: float,
+    batch_size: int = 16,
+) -> tuple[float, list[dict]]:
+    """Choose the routing knob on held-out search questions (never the test sets): among the grid values
+    whose paths save at least `min_blocks_saved` blocks per token, the one with the best accuracy (ties: the
+    one saving more); when none saves that much, the one saving the most."""
+    table = []
+    for knob in grid:
+        routed.knob = float(knob)
+        decisions = routed.score(scorer, examples, batch_size)
+        table.append(
+            {
+                "knob": float(knob),
+                "accuracy": float(np.mean([d.correct for d in decisions])),
+                "blocks_saved": float(scorer.engine.num_layers - np.mean([sum(d.path) for d in decisions])),
+            }
+        )
+    enough = [row for row in table if row["blocks_saved"] >= min_blocks_saved]
+    best = (
+        max(enough, key=lambda r: (r["accuracy"], r["blocks_saved"]))
+        if enough
+        else max(table, key=lambda r: r["blocks_saved"])
+    )
+    return best["knob"], table

@@ -2,16 +2,20 @@
 
 State and actions (the `mcts` strategy). A tree node is a complete path, reached from the default path
 (every layer once) by a sequence of edits: skip one layer, skip two consecutive layers, or repeat one layer
-once. Edits are applied in increasing layer order (a child's edit lies after its parent's last edit), so
-every path has one node and a child shares its parent's path up to the edited layer: the rewards module
-reuses that prefix's hidden states. Why edits rather than one decision per layer: good paths differ from
+once. A child adds one edit on a layer its parent still executes once, anywhere in the stack; the tree keeps
+one node per path (the same edits reached in another order are not added twice). An earlier version only
+allowed edits after the parent's last edit: that made every path unique for free, but biased labels towards
+the last layers (a set of edits {a < b} was reachable only as a then b, with probability 1/L * 1/(L - a)).
+A child shares its parent's path up to the edited layer, and the rewards module reuses that prefix's hidden
+states. Why edits rather than one decision per layer: good paths differ from
 the default in a handful of places, so an edit tree reaches them at depth 2-5, while a per-layer tree would
 need ~L levels of bookkeeping decisions before the first useful one.
 
 Selection is UCT with the paper's score Q/v + c*sqrt(ln V/v) - lambda*blocks/L (the length penalty steers
 towards shorter paths and is not backed up), a random child with probability `random_child`, and progressive
-widening: a node visited v times may hold ceil(widening * v^widening_power) children, the next one drawn at
-random from its untried edits. Widening is what lets 50 simulations look past the first edit when a node
+widening: a node visited v times may hold ceil(widening * v^widening_power) children; untried edits come in
+order of the blocks they save (an unvisited child's UCT score is infinite, so its length term breaks the
+tie), random among equals. Widening is what lets 50 simulations look past the first edit when a node
 has ~3L possible edits. Each round picks `parallel` leaves with virtual loss and scores them in one batched
 forward. The reward is 1 when the answer is right (or right by a margin), else 0.
 
@@ -32,10 +36,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from drllm_core.paths import REPEAT, SKIP, LayerPath, PathConstraints
+from drllm_core.paths import EXECUTE, REPEAT, SKIP, LayerPath, PathConstraints
 from drllm_core.rewards import Outcome
 
 STRATEGIES = ("mcts", "chain", "random")
+# Bumped whenever a change to the search changes its results: part of the checkpoint key, so results of an
+# older search are never resumed into a newer one.
+ALGORITHM_VERSION = 2
 EDIT_KINDS = ("skip1", "skip2", "repeat")
 
 
@@ -105,22 +112,19 @@ def apply_edit(path: LayerPath, position: int, kind: str) -> LayerPath:
     return LayerPath(tuple(counts))
 
 
-def valid_edits(path: LayerPath, after: int, constraints: PathConstraints) -> list[tuple[int, str]]:
-    """Edits at layers >= `after` that change the path and keep it valid; (position, kind)."""
+def valid_edits(path: LayerPath, constraints: PathConstraints) -> list[tuple[int, str]]:
+    """Edits of layers the path still executes once that keep it valid; (position, kind). Edits never
+    undo or stack on an earlier edit, so the edits of a path are a set and their order does not matter."""
     layers = path.num_layers
     edits = []
-    for position in range(after, layers):
+    for position in range(layers):
         for kind in EDIT_KINDS:
-            if kind == "skip2" and position + 1 >= layers:
+            touched = (position, position + 1) if kind == "skip2" else (position,)
+            if touched[-1] >= layers or any(path.counts[i] != EXECUTE for i in touched):
                 continue
-            child = apply_edit(path, position, kind)
-            if child != path and child.is_valid(layers, constraints):
+            if apply_edit(path, position, kind).is_valid(layers, constraints):
                 edits.append((position, kind))
     return edits
-
-
-def _edit_end(position: int, kind: str) -> int:
-    return position + (2 if kind == "skip2" else 1)
 
 
 class _Tracker:
@@ -202,7 +206,6 @@ def search(rewards: Rewards, num_layers: int, config: SearchConfig, rng: np.rand
 @dataclass(eq=False)
 class _Node:
     path: LayerPath
-    after: int  # first layer a child's edit may touch
     parent: _Node | None = None
     children: list[_Node] = field(default_factory=list)
     untried: list[tuple[int, str]] | None = None  # drawn lazily, in random order
@@ -214,13 +217,12 @@ class _Node:
 
 def _mcts(tracker: _Tracker, rng: np.random.Generator) -> None:
     config = tracker.config
-    root = _Node(
-        LayerPath.default(tracker.num_layers), after=0, visits=1, value=tracker.default_outcome.reward
-    )
+    root = _Node(LayerPath.default(tracker.num_layers), visits=1, value=tracker.default_outcome.reward)
+    in_tree = {root.path}
     while not tracker.done:
         leaves = []
         for _ in range(min(config.parallel, tracker.budget_left)):
-            leaf = _select_and_expand(root, tracker, rng)
+            leaf = _select_and_expand(root, tracker, rng, in_tree)
             if leaf is None:
                 break
             leaves.append(leaf)
@@ -242,22 +244,24 @@ def _lineage(node: _Node):
         node = node.parent
 
 
-def _select_and_expand(root: _Node, tracker: _Tracker, rng: np.random.Generator) -> _Node | None:
-    """Descend by UCT to a node that may widen and add one child; None when the whole tree is explored."""
+def _select_and_expand(
+    root: _Node, tracker: _Tracker, rng: np.random.Generator, in_tree: set
+) -> _Node | None:
+    """Descend by UCT to a node that may widen and add one child; None when the whole tree is explored.
+    A child whose path the tree already holds (the same edits in another order) is passed over."""
     config = tracker.config
     node = root
     while True:
         if node.untried is None:
-            node.untried = _expansion_order(
-                valid_edits(node.path, node.after, config.constraints), node.path, rng
-            )
+            node.untried = _expansion_order(valid_edits(node.path, config.constraints), node.path, rng)
         allowed = math.ceil(config.widening * (node.visits + node.pending) ** config.widening_power)
         open_children = [c for c in node.children if not c.exhausted]
-        if node.untried and (len(node.children) < allowed or not open_children):
-            position, kind = node.untried.pop()
-            child = _Node(apply_edit(node.path, position, kind), _edit_end(position, kind), parent=node)
-            node.children.append(child)
-            return child
+        while node.untried and (len(node.children) < allowed or not open_children):
+            child = _Node(apply_edit(node.path, *node.untried.pop()), parent=node)
+            if child.path not in in_tree:
+                in_tree.add(child.path)
+                node.children.append(child)
+                return child
         if not open_children:
             node.exhausted = True  # nothing left below: never descend here again
             if node is root:

@@ -21,9 +21,11 @@ from tqdm import tqdm
 from drllm_core import io, tracking
 from drllm_core.checkpoint import Checkpoint, content_key
 from drllm_core.engine import PathEngine
+from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
     best_static_path,
     block_influence,
+    calibrate_knob,
     compare,
     lowest_influence_path,
     random_paths,
@@ -149,7 +151,7 @@ def main() -> None:
     routers_root = Path(args.routers)
     main_routers = str(routers_root / "mcts")
     evaluate(Configuration("vanilla", all_sets, {"kind": "vanilla"}, path=LayerPath.default(layers)))
-    knob = float(settings["knob"])
+    knob, calibration = choose_knob(evaluator, main_routers, settings, section(params, "search"))
     drllm = evaluate(
         Configuration(
             "drllm", all_sets, {"routers": routers_hash(main_routers), "knob": knob}, main_routers, knob
@@ -230,6 +232,8 @@ def main() -> None:
     metrics = {
         "num_layers": layers,
         "routers_hash": routers_hash(main_routers),
+        "knob": knob,
+        "knob_calibration": calibration,
         "static_skips": skips,
         "shortgpt_bi_path": str(bi_path),
         "best_static_path": str(static_path),
@@ -268,7 +272,7 @@ def main() -> None:
         ["config", "accuracy", "blocks_per_token", "ci_low", "ci_high"]
     ]
     io.write_with(Path(args.plots) / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
-    speed = measure_speed(evaluator, main_routers, settings)
+    speed = measure_speed(evaluator, main_routers, settings, knob)
     io.write_json(Path(args.metrics).with_name("speed.json"), speed)
     log_runs(summary, comparisons, main_routers, routers_root, evaluator)
     for row in overall.itertuples():
@@ -284,11 +288,46 @@ def main() -> None:
         )
 
 
-def measure_speed(evaluator: Evaluator, routers: str, settings: dict) -> dict:
+def choose_knob(evaluator: Evaluator, routers: str, settings: dict, search: dict) -> tuple[float, list[dict]]:
+    """`knob: auto` calibrates on search questions the search did not use (held out from the labels)."""
+    if settings["knob"] != "auto":
+        return float(settings["knob"]), []
+    searched = {
+        e.example_id for e in sample(evaluator.search, search.get("max_examples"), search.get("seed", 0))
+    }
+    held_out = sample(
+        [e for e in evaluator.search if e.example_id not in searched],
+        int(settings["calibration_examples"]),
+        1,
+    )
+    if not held_out:
+        raise DrllmError(
+            "knob: auto needs search questions the search did not use: lower search.max_examples"
+        )
+    knob, table = calibrate_knob(
+        evaluator.scorer,
+        evaluator.routed_model(routers, 0.0),
+        held_out,
+        settings["knob_grid"],
+        float(settings["min_blocks_saved"]),
+        evaluator.batch_size,
+    )
+    for row in table:
+        log.info(
+            "calibration knob %+.2f: accuracy %.3f, blocks saved %.2f",
+            row["knob"],
+            row["accuracy"],
+            row["blocks_saved"],
+        )
+    log.info("knob %+.2f chosen on %d held-out search questions", knob, len(held_out))
+    return knob, table
+
+
+def measure_speed(evaluator: Evaluator, routers: str, settings: dict, knob: float) -> dict:
     """A small wall-clock check for the report: routed vs vanilla greedy generation, batch 1."""
     prompts = [e.question for e in evaluator.examples["eval_id"][: int(settings["speed_prompts"])]]
     tokens = int(settings["speed_tokens"])
-    routed = evaluator.routed_model(routers, float(settings["knob"]))
+    routed = evaluator.routed_model(routers, knob)
     tokenizer = evaluator.loaded.tokenizer
     timings = {"vanilla": 0.0, "drllm": 0.0}
     blocks = []

@@ -167,16 +167,27 @@ def main() -> None:
     headline = (
         f"In-domain, Dr.LLM scores {drllm['difference'] * 100:+.1f} points against the vanilla model "
         f"(paired 95% interval {drllm['ci_low'] * 100:+.1f} to {drllm['ci_high'] * 100:+.1f}, McNemar p = {drllm['mcnemar_p']:.3f}) "
-        f"while executing {evaluation['configs']['drllm/eval_id']['blocks_per_token']:.2f} of {layers} blocks per token."
+        f"while executing {evaluation['configs']['drllm/eval_id']['blocks_per_token']:.2f} of {layers} blocks per token "
+        f"(knob {evaluation.get('knob', 0.0):+.2f})."
         if drllm
         else "Dr.LLM was not evaluated."
     )
+    calibration_rows = [
+        {"knob": r["knob"], "accuracy": r["accuracy"], "blocks_saved": r["blocks_saved"]}
+        for r in evaluation.get("knob_calibration", [])
+    ]
+    static_rows = [
+        {"baseline": "shortgpt_bi", "path": evaluation["shortgpt_bi_path"]},
+        {"baseline": "best_static", "path": evaluation["best_static_path"]},
+    ]
     sections = [
         ("Summary", "text", headline),
         ("Accuracy and compute", "figure", "pareto"),
         ("Results per configuration", "table", (config_rows, "results")),
         ("Paired comparisons", "table", (comparison_rows, "comparisons")),
         ("Vanilla and Dr.LLM per task", "table", (task_rows, "per-task")),
+        ("Knob calibration on held-out search questions", "table", (calibration_rows, "calibration")),
+        ("Static baselines (layer counts, 0 = skipped)", "table", (static_rows, "static")),
         ("Routing patterns", "figure", "routing"),
         ("Search", "table", (search_rows, "search")),
         ("Label classes", "figure", "labels"),

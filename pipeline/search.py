@@ -21,7 +21,7 @@ from drllm_core.checkpoint import Checkpoint, content_key
 from drllm_core.labels import label_statistics
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import sample
-from drllm_core.search import SearchConfig
+from drllm_core.search import ALGORITHM_VERSION, SearchConfig
 from drllm_core.search_runner import ExampleSearcher, RewardConfig, RunnerConfig, run_search
 from drllm_core.tasks.evaluator import examples_from_frame
 from drllm_core.tasks.prompts import settings_for
@@ -68,6 +68,7 @@ def main() -> None:
     loaded = load_model(ModelSpec.from_params(section(params, "model")))
     task_params = params.get("tasks") or {}
     key = content_key(
+        ALGORITHM_VERSION,
         config,
         reward,
         loaded.name,

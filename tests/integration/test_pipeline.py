@@ -45,7 +45,7 @@ def small_params(model_folder: Path) -> dict:
         ],
         "shots": [],
     }
-    params["search"].update({"max_examples": None, "simulations": 12, "threads": 1})
+    params["search"].update({"max_examples": 36, "simulations": 12, "threads": 1})
     params["validate"].update(
         {
             "min_examples": 5,

@@ -71,3 +71,17 @@ def test_paired_statistics():
     assert better["difference"] == pytest.approx(0.2) and better["significant"] and better["ci_low"] > 0.1
     low, high = wilson_interval(0, 10)
     assert low == 0 and 0.2 < high < 0.35
+
+
+def test_knob_calibration_prefers_accuracy_among_knobs_saving_enough():
+    from drllm_core.evaluation import calibrate_knob
+    from drllm_core.inference import RoutedModel
+    from drllm_core.routers import RouterConfig, RouterSet
+
+    scorer = _scorer()
+    routed = RoutedModel(tiny_loaded(), RouterSet(RouterConfig(6, 64, 8, 4)))
+    routed.engine = scorer.engine
+    knob, table = calibrate_knob(scorer, routed, EXAMPLES, [-1.0, 0.5], min_blocks_saved=1.0, batch_size=4)
+    assert [row["knob"] for row in table] == [-1.0, 0.5]
+    assert table[1]["blocks_saved"] == 0.0 and table[0]["blocks_saved"] > 1.0  # -1 skips all it may
+    assert knob == -1.0  # the only knob saving a block
