@@ -55,7 +55,7 @@ class SearchConfig:
     exploration: float = 1.8  # c in the UCT score
     length_penalty: float = 3.0  # lambda: penalty per block executed, as a share of L
     random_child: float = 0.1  # probability of descending to a random child instead of the best
-    widening: float = 2.0  # progressive widening: children allowed = ceil(widening * visits**power)
+    widening: float = 1.0  # progressive widening: children allowed = ceil(widening * visits**power)
     widening_power: float = 0.5
     parallel: int = 4  # leaves scored per batched forward (virtual loss keeps them apart)
     random_max_edits: int = 3  # `random`: edits per independent draw, 1..this
