@@ -144,7 +144,9 @@ def _signature():
 
     return infer_signature(
         pd.DataFrame({"prompt": ["a question"]}),
-        pd.DataFrame({"text": ["an answer"], "path": [[1.0, 0.0, 2.0]], "blocks": [3.0]}),  # floats: no int-NaN warning
+        pd.DataFrame(
+            {"text": ["an answer"], "path": [[1.0, 0.0, 2.0]], "blocks": [3.0]}
+        ),  # floats: no int-NaN warning
         params={"max_new_tokens": 64, "knob": 0.0, "chat_template": True},
     )
 
