@@ -19,7 +19,7 @@ from torch import Tensor
 from drllm_core.engine import Decide, PathEngine
 from drllm_core.models import LoadedModel, weights_fingerprint
 from drllm_core.paths import EXECUTE, SKIP
-from drllm_core.routers import RouterSet, knob_decisions, pool_windows
+from drllm_core.routers import RouterSet, knob_decisions, window_weights
 from drllm_core.tasks.evaluator import ExampleScorer, eos_token_ids
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scoring import Decision
@@ -56,16 +56,16 @@ class RoutedModel:
 
     def decider(self, prompt_mask: Tensor) -> Decide:
         """The engine hook that routes one batch; prompt_mask (B, T) marks the tokens routers read."""
-        windows = self.routers.config.windows
+        weights, window_mask = window_weights(prompt_mask.to(self.loaded.device), self.routers.config.windows)
         skip_run = torch.zeros(prompt_mask.shape[0], dtype=torch.long)
 
         @torch.no_grad()
         def decide(layer: int, hidden: Tensor) -> Tensor:
-            pooled, window_mask = pool_windows(hidden, prompt_mask, windows)
+            pooled = torch.bmm(weights, hidden.float())  # pool_windows, with the weights computed once
             counts = knob_decisions(self.routers.layer_logits(layer, pooled, window_mask), self.knob).cpu()
-            if self.max_skip_run is not None:
-                counts = torch.where((counts == SKIP) & (skip_run >= self.max_skip_run), EXECUTE, counts)
-            skip_run.copy_(torch.where(counts == SKIP, skip_run + 1, 0))
+            if self.max_skip_run is not None:  # rows whose skip run is full execute instead of skipping
+                counts = torch.where(skip_run >= self.max_skip_run, counts.clamp(min=EXECUTE), counts)
+            skip_run.add_(1).mul_(counts == SKIP)
             return counts
 
         return decide

@@ -129,24 +129,29 @@ def routers_hash(folder: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
-    """Mean-pool each row's prompt tokens into min(windows, T) windows of T // min(windows, T) tokens.
+def window_weights(prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
+    """Averaging weights that pool each row's prompt tokens into min(windows, T) windows of
+    T // min(windows, T) tokens (the module docstring's rule). Computed once per batch, so pooling at every
+    layer is one batched matmul (see pool_windows).
 
-    hidden (B, T, D), prompt_mask (B, T) True on prompt tokens (any padding or answer tokens False)
-    -> pooled (B, windows, D) float32, window_mask (B, windows) True for windows a row has."""
-    prompt_mask = prompt_mask.to(hidden.device).bool()
+    prompt_mask (B, T) True on prompt tokens (any padding or answer tokens False)
+    -> weights (B, windows, T) float32, window_mask (B, windows) True for windows a row has."""
+    prompt_mask = prompt_mask.bool()
     count = prompt_mask.sum(1)  # (B,)
-    used = torch.minimum(count, torch.tensor(windows, device=hidden.device)).clamp(min=1)
+    used = count.clamp(min=1, max=windows)
     size = (count // used).clamp(min=1)  # tokens per window
     rank = prompt_mask.long().cumsum(1) - 1  # position of each prompt token among the row's prompt tokens
-    window = rank // size.unsqueeze(1)
-    keep = prompt_mask & (window < used.unsqueeze(1))
-    index = torch.where(keep, window, torch.full_like(window, windows))  # dropped tokens go to a spare slot
-    pooled = torch.zeros(hidden.shape[0], windows + 1, hidden.shape[-1], device=hidden.device)
-    pooled.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]), hidden.float())
-    pooled = pooled[:, :windows] / size.view(-1, 1, 1).float()
-    window_mask = torch.arange(windows, device=hidden.device).unsqueeze(0) < used.unsqueeze(1)
-    return pooled, window_mask
+    window = rank // size.unsqueeze(1)  # (B, T); tokens past the last used window are left out below
+    slots = torch.arange(windows, device=prompt_mask.device).view(1, -1, 1)
+    member = (window.unsqueeze(1) == slots) & prompt_mask.unsqueeze(1) & (slots < used.view(-1, 1, 1))
+    window_mask = slots.squeeze(-1) < used.unsqueeze(1)
+    return member.float() / size.view(-1, 1, 1).float(), window_mask
+
+
+def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
+    """hidden (B, T, D) -> pooled (B, windows, D) float32 and window_mask (B, windows): window_weights."""
+    weights, window_mask = window_weights(prompt_mask.to(hidden.device), windows)
+    return torch.bmm(weights, hidden.float()), window_mask
 
 
 def knob_decisions(logits: Tensor, knob: float) -> Tensor:
