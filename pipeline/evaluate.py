@@ -324,22 +324,29 @@ def choose_knob(evaluator: Evaluator, routers: str, settings: dict, search: dict
 
 
 def measure_speed(evaluator: Evaluator, routers: str, settings: dict, knob: float) -> dict:
-    """A small wall-clock check for the report: routed vs vanilla greedy generation, batch 1."""
+    """A small wall-clock check for the report: routed vs vanilla greedy generation, batch 1, the same number
+    of new tokens for both (no early stop at EOS), after a warm-up, the two variants alternating."""
     prompts = [e.question for e in evaluator.examples["eval_id"][: int(settings["speed_prompts"])]]
     tokens = int(settings["speed_tokens"])
     routed = evaluator.routed_model(routers, knob)
-    tokenizer = evaluator.loaded.tokenizer
+    engine, tokenizer = routed.engine, evaluator.loaded.tokenizer
     timings = {"vanilla": 0.0, "drllm": 0.0}
     blocks = []
-    for prompt in prompts:
+
+    def run(variant: str, ids: torch.Tensor):
+        mask = torch.ones_like(ids)
+        decide = routed.decider(mask.bool()) if variant == "drllm" else None
+        return engine.generate(ids, None, mask, tokens, decide=decide)
+
+    for index, prompt in enumerate(prompts):
         ids = torch.tensor([tokenizer(prompt).input_ids])
-        start = time.perf_counter()
-        routed.engine.generate(ids, None, max_new_tokens=tokens)
-        timings["vanilla"] += time.perf_counter() - start
-        start = time.perf_counter()
-        answer = routed.generate([prompt], max_new_tokens=tokens, chat_template=False)[0]
-        timings["drllm"] += time.perf_counter() - start
-        blocks.append(answer.blocks)
+        for variant in timings:
+            if index == 0:
+                run(variant, ids)  # warm-up
+            start = time.perf_counter()
+            generation = run(variant, ids)
+            timings[variant] += time.perf_counter() - start
+        blocks.append(int(generation.counts.sum()))
     layers = evaluator.loaded.num_layers
     return {
         "prompts": len(prompts),
