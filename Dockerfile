@@ -4,7 +4,10 @@
 FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=""
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+# A virtual environment, as `make setup` uses: it also works where the base's Python is externally managed.
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     RAY_AUTH_MODE=disabled \
