@@ -12,6 +12,10 @@ from collections.abc import Callable
 from drllm_core.errors import DrllmError
 from drllm_core.io import read_yaml
 
+# The headline figures of one evaluated configuration (per set, or per task), as the evaluate stage writes
+# them to metrics/eval.json and the report reads them back: the contract between the two stages.
+SCORE_COLUMNS = ("n", "accuracy", "ci_low", "ci_high", "blocks_per_token", "saved_pct")
+
 log = logging.getLogger("drllm")
 
 

@@ -39,7 +39,7 @@ from drllm_core.prepare import EVAL_SETS, sample
 from drllm_core.routers import routers_hash
 from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
 from drllm_core.tasks.prompts import settings_for
-from pipeline.common import load_params, log, parser, run, section
+from pipeline.common import SCORE_COLUMNS, load_params, log, parser, run, section
 
 
 @dataclass
@@ -240,18 +240,7 @@ def main() -> None:
         "best_static_trace": static_trace,
         "block_influence": influence,
         "configs": {
-            f"{row.config}/{row.set}": {
-                k: getattr(row, k)
-                for k in (
-                    "n",
-                    "accuracy",
-                    "ci_low",
-                    "ci_high",
-                    "blocks_per_token",
-                    "saved_pct",
-                    "distinct_paths",
-                )
-            }
+            f"{row.config}/{row.set}": {k: getattr(row, k) for k in (*SCORE_COLUMNS, "distinct_paths")}
             for row in overall.itertuples()
         },
         "oracle_search": {

@@ -13,7 +13,7 @@ import pandas as pd
 
 from drllm_core import io, report, tracking
 from drllm_core.tasks.registry import TASKS
-from pipeline.common import load_params, log, parser, run, section
+from pipeline.common import SCORE_COLUMNS, load_params, log, parser, run, section
 
 
 def latest_runs(ui: str) -> list[tuple[str, str]]:
@@ -88,20 +88,7 @@ def main() -> None:
         for c in evaluation["comparisons"]
     ]
     task_rows = [
-        {
-            k: r[k]
-            for k in (
-                "config",
-                "set",
-                "task",
-                "n",
-                "accuracy",
-                "ci_low",
-                "ci_high",
-                "blocks_per_token",
-                "saved_pct",
-            )
-        }
+        {k: r[k] for k in ("config", "set", "task", *SCORE_COLUMNS)}
         for r in evaluation["per_task"]
         if r["config"] in ("vanilla", "drllm") and r["task"] != "all"
     ]
