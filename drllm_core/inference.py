@@ -24,6 +24,8 @@ from drllm_core.tasks.evaluator import ExampleScorer, eos_token_ids
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scoring import Decision
 
+ROUTING_VERSION = 2  # bump when the same routers and knob would route differently (keys of saved results)
+
 
 @dataclass
 class RoutedAnswer:

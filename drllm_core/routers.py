@@ -155,18 +155,26 @@ def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Ten
 
 
 def knob_decisions(logits: Tensor, knob: float) -> Tensor:
-    """Counts from router logits (B, 3) under the control knob p in [-1, 1] (our reading of the paper's
+    """Counts (B,) from router logits (B, 3) under the control knob p in [-1, 1] (our reading of the paper's
     appendix C): the router's distribution q is mixed towards all-skip for p < 0 ((1+p) q + (-p) skip),
     towards all-execute for 0 < p <= 0.5 ((1-2p) q + 2p execute), and from execute towards all-repeat for
-    p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats everything."""
+    p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats everything.
+    A tie goes to execute: at p = 0.25 a saturated skip probability of 1.0 ties the execute mass, and
+    skipping there would break the rule that p >= 0.25 never skips."""
     if not -1.0 <= knob <= 1.0:
         raise ValueError(f"the routing knob must lie in [-1, 1], got {knob}")
-    probs = torch.softmax(logits.float(), dim=-1)
-    onehot = torch.eye(NUM_CLASSES, device=probs.device)
-    if knob < 0:
-        probs = (1 + knob) * probs + (-knob) * onehot[0]
-    elif knob <= 0.5:
-        probs = (1 - 2 * knob) * probs + 2 * knob * onehot[1]
-    else:
-        probs = (2 - 2 * knob) * onehot[1].expand_as(probs) + (2 * knob - 1) * onehot[2]
-    return probs.argmax(-1)
+    scores = logits.float()
+    if knob != 0:  # p = 0 needs no softmax: the argmax of the logits is the argmax of q
+        probs = torch.softmax(scores, dim=-1)
+        onehot = torch.eye(NUM_CLASSES, device=probs.device)
+        if knob < 0:
+            scores = (1 + knob) * probs + (-knob) * onehot[0]
+        elif knob <= 0.5:
+            scores = (1 - 2 * knob) * probs + 2 * knob * onehot[1]
+        else:
+            scores = (2 - 2 * knob) * onehot[1].expand_as(probs) + (2 * knob - 1) * onehot[2]
+    order = torch.tensor(_TIE_ORDER, device=scores.device)
+    return order[scores.index_select(-1, order).argmax(-1)]
+
+
+_TIE_ORDER = (1, 0, 2)  # execute, skip, repeat: argmax returns the first of equal maxima

@@ -32,7 +32,7 @@ from drllm_core.evaluation import (
     result_rows,
     summarize,
 )
-from drllm_core.inference import RoutedModel
+from drllm_core.inference import ROUTING_VERSION, RoutedModel
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import EVAL_SETS, sample
@@ -84,6 +84,15 @@ class Evaluator:
         model = self.routed[folder]
         model.knob = knob
         return model
+
+    def routed_configuration(self, name: str, sets: list[str], folder: str, knob: float) -> Configuration:
+        identity = {
+            "routers": routers_hash(folder),
+            "knob": knob,
+            "max_skip_run": self.constraints.max_skip_run,
+            "routing_version": ROUTING_VERSION,
+        }
+        return Configuration(name, sets, identity, folder, knob)
 
     def run(self, config: Configuration) -> list[dict]:
         rows = []
@@ -152,28 +161,13 @@ def main() -> None:
     main_routers = str(routers_root / "mcts")
     evaluate(Configuration("vanilla", all_sets, {"kind": "vanilla"}, path=LayerPath.default(layers)))
     knob, calibration = choose_knob(evaluator, main_routers, settings, section(params, "search"))
-    drllm = evaluate(
-        Configuration(
-            "drllm", all_sets, {"routers": routers_hash(main_routers), "knob": knob}, main_routers, knob
-        )
-    )
+    drllm = evaluate(evaluator.routed_configuration("drllm", all_sets, main_routers, knob))
     for value in settings.get("knob_sweep") or []:
         evaluate(
-            Configuration(
-                f"drllm_knob_{value:+.2f}",
-                in_domain,
-                {"routers": routers_hash(main_routers), "knob": value},
-                main_routers,
-                float(value),
-            )
+            evaluator.routed_configuration(f"drllm_knob_{value:+.2f}", in_domain, main_routers, float(value))
         )
     for name in settings.get("other_routers") or []:
-        folder = str(routers_root / name)
-        evaluate(
-            Configuration(
-                f"routers_{name}", in_domain, {"routers": routers_hash(folder), "knob": knob}, folder, knob
-            )
-        )
+        evaluate(evaluator.routed_configuration(f"routers_{name}", in_domain, str(routers_root / name), knob))
 
     # Static baselines at Dr.LLM's depth: as many blocks as the routers save on average in-domain.
     drllm_id = drllm[drllm["set"] == "eval_id"]
@@ -335,7 +329,8 @@ def measure_speed(evaluator: Evaluator, routers: str, settings: dict, knob: floa
             start = time.perf_counter()
             generation = run(variant, ids)
             timings[variant] += time.perf_counter() - start
-        blocks.append(int(generation.counts.sum()))
+            if variant == "drllm":
+                blocks.append(int(generation.counts.sum()))
     layers = evaluator.loaded.num_layers
     return {
         "prompts": len(prompts),

@@ -63,6 +63,14 @@ def test_knob_extremes_and_centre():
         knob_decisions(logits, 1.5)
 
 
+def test_knob_ties_go_to_execute():
+    saturated_skip = torch.tensor([[100.0, 0.0, 0.0]])  # softmax gives exactly q = (1, 0, 0)
+    assert knob_decisions(saturated_skip, 0.24).tolist() == [0]
+    assert knob_decisions(saturated_skip, 0.25).tolist() == [1]  # 0.5 * 1 ties 0.5 * 0 + 0.5: execute
+    assert knob_decisions(torch.zeros(1, 3), 0.0).tolist() == [1]
+    assert knob_decisions(torch.zeros(1, 3), 0.75).tolist() == [1]  # halfway between execute and repeat
+
+
 def test_save_load_refuses_another_base_model(tmp_path):
     routers = RouterSet(
         RouterConfig(num_layers=2, hidden_size=4, bottleneck=3, base_model_name="a", base_fingerprint="f1")
