@@ -53,6 +53,19 @@ class Configuration:
     path: LayerPath | None = None  # one static path for every question
 
 
+def routed_configuration(
+    name: str, sets: list[str], folder: str, knob: float, max_skip_run: int | None
+) -> Configuration:
+    """Routers at a knob; keyed by everything their decisions depend on, so no stale checkpoint is reused."""
+    identity = {
+        "routers": routers_hash(folder),
+        "knob": knob,
+        "max_skip_run": max_skip_run,
+        "routing_version": ROUTING_VERSION,
+    }
+    return Configuration(name, sets, identity, folder, knob)
+
+
 class Evaluator:
     """Scores configurations on the evaluation sets with checkpointing and progress."""
 
@@ -84,15 +97,6 @@ class Evaluator:
         model = self.routed[folder]
         model.knob = knob
         return model
-
-    def routed_configuration(self, name: str, sets: list[str], folder: str, knob: float) -> Configuration:
-        identity = {
-            "routers": routers_hash(folder),
-            "knob": knob,
-            "max_skip_run": self.constraints.max_skip_run,
-            "routing_version": ROUTING_VERSION,
-        }
-        return Configuration(name, sets, identity, folder, knob)
 
     def run(self, config: Configuration) -> list[dict]:
         rows = []
@@ -161,13 +165,13 @@ def main() -> None:
     main_routers = str(routers_root / "mcts")
     evaluate(Configuration("vanilla", all_sets, {"kind": "vanilla"}, path=LayerPath.default(layers)))
     knob, calibration = choose_knob(evaluator, main_routers, settings, section(params, "search"))
-    drllm = evaluate(evaluator.routed_configuration("drllm", all_sets, main_routers, knob))
+    skip_run = evaluator.constraints.max_skip_run
+    drllm = evaluate(routed_configuration("drllm", all_sets, main_routers, knob, skip_run))
     for value in settings.get("knob_sweep") or []:
-        evaluate(
-            evaluator.routed_configuration(f"drllm_knob_{value:+.2f}", in_domain, main_routers, float(value))
-        )
+        name = f"drllm_knob_{value:+.2f}"
+        evaluate(routed_configuration(name, in_domain, main_routers, float(value), skip_run))
     for name in settings.get("other_routers") or []:
-        evaluate(evaluator.routed_configuration(f"routers_{name}", in_domain, str(routers_root / name), knob))
+        evaluate(routed_configuration(f"routers_{name}", in_domain, str(routers_root / name), knob, skip_run))
 
     # Static baselines at Dr.LLM's depth: as many blocks as the routers save on average in-domain.
     drllm_id = drllm[drllm["set"] == "eval_id"]

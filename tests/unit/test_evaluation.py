@@ -15,9 +15,11 @@ from drllm_core.evaluation import (
     summarize,
 )
 from drllm_core.paths import PathConstraints
+from drllm_core.routers import RouterConfig, RouterSet
 from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
+from pipeline.evaluate import routed_configuration
 from tests.conftest import tiny_loaded
 
 EXAMPLES = [
@@ -85,3 +87,15 @@ def test_knob_calibration_prefers_accuracy_among_knobs_saving_enough():
     assert [row["knob"] for row in table] == [-1.0, 0.5]
     assert table[1]["blocks_saved"] == 0.0 and table[0]["blocks_saved"] > 1.0  # -1 skips all it may
     assert knob == -1.0  # the only knob saving a block
+
+
+def test_routed_results_are_keyed_by_everything_routing_depends_on(tmp_path):
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
+    base = routed_configuration("drllm", ["eval_id"], str(tmp_path / "r"), 0.2, 2)
+    assert base.identity == routed_configuration("x", ["eval_ood"], str(tmp_path / "r"), 0.2, 2).identity
+    for other in (
+        routed_configuration("drllm", ["eval_id"], str(tmp_path / "r"), 0.1, 2),
+        routed_configuration("drllm", ["eval_id"], str(tmp_path / "r"), 0.2, 3),
+    ):
+        assert other.identity != base.identity
+    assert base.identity["routing_version"] >= 2
