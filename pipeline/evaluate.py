@@ -301,12 +301,12 @@ def choose_knob(evaluator: Evaluator, routers: str, settings: dict, search: dict
     )
     for row in table:
         log.info(
-            "calibration knob %+.2f: accuracy %.3f, blocks saved %.2f",
+            "calibration knob %+g: accuracy %.3f, blocks saved %.2f",
             row["knob"],
             row["accuracy"],
             row["blocks_saved"],
         )
-    log.info("knob %+.2f chosen on %d held-out search questions", knob, len(held_out))
+    log.info("knob %+g chosen on %d held-out search questions", knob, len(held_out))
     return knob, table
 
 

@@ -155,7 +155,7 @@ def main() -> None:
         f"In-domain, Dr.LLM scores {drllm['difference'] * 100:+.1f} points against the vanilla model "
         f"(paired 95% interval {drllm['ci_low'] * 100:+.1f} to {drllm['ci_high'] * 100:+.1f}, McNemar p = {drllm['mcnemar_p']:.3f}) "
         f"while executing {evaluation['configs']['drllm/eval_id']['blocks_per_token']:.2f} of {layers} blocks per token "
-        f"(knob {evaluation.get('knob', 0.0):+.2f})."
+        f"(knob {evaluation.get('knob', 0.0):+g})."
         if drllm
         else "Dr.LLM was not evaluated."
     )
