@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from drllm_core import io
 from drllm_core.errors import DrllmError
+from drllm_core.paths import EXECUTE, REPEAT, SKIP
 
 NUM_CLASSES = 3  # skip, execute, repeat
 
@@ -143,8 +144,8 @@ def window_weights(prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
     rank = prompt_mask.long().cumsum(1) - 1  # position of each prompt token among the row's prompt tokens
     window = rank // size.unsqueeze(1)  # (B, T); tokens past the last used window are left out below
     slots = torch.arange(windows, device=prompt_mask.device).view(1, -1, 1)
-    member = (window.unsqueeze(1) == slots) & prompt_mask.unsqueeze(1) & (slots < used.view(-1, 1, 1))
     window_mask = slots.squeeze(-1) < used.unsqueeze(1)
+    member = (window.unsqueeze(1) == slots) & prompt_mask.unsqueeze(1) & window_mask.unsqueeze(-1)
     return member.float() / size.view(-1, 1, 1).float(), window_mask
 
 
@@ -152,6 +153,9 @@ def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Ten
     """hidden (B, T, D) -> pooled (B, windows, D) float32 and window_mask (B, windows): window_weights."""
     weights, window_mask = window_weights(prompt_mask.to(hidden.device), windows)
     return torch.bmm(weights, hidden.float()), window_mask
+
+
+_TIE_ORDER = (EXECUTE, SKIP, REPEAT)  # argmax returns the first of equal maxima
 
 
 def knob_decisions(logits: Tensor, knob: float) -> Tensor:
@@ -168,13 +172,10 @@ def knob_decisions(logits: Tensor, knob: float) -> Tensor:
         probs = torch.softmax(scores, dim=-1)
         onehot = torch.eye(NUM_CLASSES, device=probs.device)
         if knob < 0:
-            scores = (1 + knob) * probs + (-knob) * onehot[0]
+            scores = (1 + knob) * probs + (-knob) * onehot[SKIP]
         elif knob <= 0.5:
-            scores = (1 - 2 * knob) * probs + 2 * knob * onehot[1]
+            scores = (1 - 2 * knob) * probs + 2 * knob * onehot[EXECUTE]
         else:
-            scores = (2 - 2 * knob) * onehot[1].expand_as(probs) + (2 * knob - 1) * onehot[2]
+            scores = (2 - 2 * knob) * onehot[EXECUTE].expand_as(probs) + (2 * knob - 1) * onehot[REPEAT]
     order = torch.tensor(_TIE_ORDER, device=scores.device)
     return order[scores.index_select(-1, order).argmax(-1)]
-
-
-_TIE_ORDER = (1, 0, 2)  # execute, skip, repeat: argmax returns the first of equal maxima
