@@ -64,16 +64,43 @@ class Router(nn.Module):
 
 
 class RouterSet(nn.Module):
+    """One router per layer, each reading its input standardised per dimension with the training set's mean
+    and standard deviation at that layer. The standardisation is an affine map the first Linear could absorb
+    (the paper's function class is unchanged), but without it the routers cannot be trained on models with
+    massive activations: from layer 12 on, SmolLM2-135M carries one dimension near 24,000 on the first prompt
+    token (window norms ~5,000 against ~300 elsewhere), which saturates every logit at initialisation."""
+
     def __init__(self, config: RouterConfig):
         super().__init__()
         self.config = config
         self.routers = nn.ModuleList(
             Router(config.hidden_size, config.bottleneck) for _ in range(config.num_layers)
         )
+        self.register_buffer("input_mean", torch.zeros(config.num_layers, config.hidden_size))
+        self.register_buffer("input_scale", torch.ones(config.num_layers, config.hidden_size))
+
+    @torch.no_grad()
+    def fit_input_statistics(self, features: Tensor, window_mask: Tensor, min_std: float = 1e-3) -> None:
+        """Per layer and dimension: mean and 1 / std over the windows of `features` (B, L, W, D) that exist."""
+        weights = window_mask.to(torch.float64)[..., None]  # (B, W, 1)
+        count = weights.sum().clamp(min=1)
+        for layer in range(features.shape[1]):  # one layer at a time: bounded memory at paper scale
+            values = features[:, layer].to(torch.float64)  # (B, W, D)
+            mean = (values * weights).sum((0, 1)) / count
+            var = (((values - mean) ** 2) * weights).sum((0, 1)) / count
+            self.input_mean[layer] = mean
+            self.input_scale[layer] = 1.0 / var.sqrt().clamp(min=min_std)
+
+    def standardize(self, windows: Tensor, layer: int | None = None) -> Tensor:
+        """windows (B, W, D) of one layer, or (B, L, W, D) of every layer when `layer` is None."""
+        if layer is None:
+            return (windows - self.input_mean[None, :, None, :]) * self.input_scale[None, :, None, :]
+        return (windows - self.input_mean[layer]) * self.input_scale[layer]
 
     def forward(self, features: Tensor, window_mask: Tensor) -> Tensor:
         """features (B, L, W, D) -> logits (B, L, 3), every layer's router on its own input. The same
         computation as calling each Router, done as two batched einsums over stacked weights (training speed)."""
+        features = self.standardize(features)
         up_w = torch.stack([r.up.weight for r in self.routers])  # (L, K, D)
         up_b = torch.stack([r.up.bias for r in self.routers])  # (L, K)
         out_w = torch.stack([r.out.weight for r in self.routers])  # (L, 3, K)
@@ -84,7 +111,8 @@ class RouterSet(nn.Module):
         return (logits * weights).sum(2) / weights.sum(2).clamp(min=1)
 
     def layer_logits(self, layer: int, windows: Tensor, window_mask: Tensor) -> Tensor:
-        return self.routers[layer](windows.to(self.routers[layer].up.weight.dtype), window_mask)
+        windows = self.standardize(windows.to(self.input_mean.dtype), layer)
+        return self.routers[layer](windows, window_mask)
 
     # ---- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:

@@ -154,6 +154,7 @@ def train_routers(
     train_idx, val_idx = split_indices(len(labels), config.val_fraction, config.seed)
     features = features.float()
     routers = RouterSet(router_config)
+    routers.fit_input_statistics(features[train_idx], window_mask[train_idx])
     weights = effective_number_weights(labels[train_idx], config.beta)
     optimizer = torch.optim.AdamW(
         routers.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True

@@ -165,8 +165,45 @@ def test_routed_model_decides_per_row_and_respects_skip_runs():
     assert unconstrained[0].path == (0,) * 6
 
 
-def test_batched_forward_equals_each_router():
+def test_batched_forward_equals_each_layer_router_on_standardised_inputs():
     routers = RouterSet(RouterConfig(num_layers=3, hidden_size=8, bottleneck=5, windows=2))
-    features, mask = torch.randn(4, 3, 2, 8), torch.tensor([[True, True], [True, False]] * 2)
-    expected = torch.stack([r(features[:, i], mask) for i, r in enumerate(routers.routers)], dim=1)
+    features, mask = 50 * torch.randn(4, 3, 2, 8) + 7, torch.tensor([[True, True], [True, False]] * 2)
+    routers.fit_input_statistics(features, mask)
+    expected = torch.stack([routers.layer_logits(i, features[:, i], mask) for i in range(3)], dim=1)
     torch.testing.assert_close(routers(features, mask), expected)
+
+
+def test_input_statistics_ignore_missing_windows_and_survive_save_load(tmp_path):
+    routers = RouterSet(RouterConfig(num_layers=2, hidden_size=3, bottleneck=4, windows=2))
+    features = torch.randn(64, 2, 2, 3) * torch.tensor([1.0, 100.0, 1e4]) + 500
+    mask = torch.ones(64, 2, dtype=torch.bool)
+    mask[:, 1] = False
+    features[:, :, 1] = 1e9  # windows a prompt does not have never count
+    routers.fit_input_statistics(features, mask)
+    standardised = routers.standardize(features[:, :, :1])[:, :, 0]  # (B, L, D): window 0 of every row
+    torch.testing.assert_close(standardised.mean(0), torch.zeros(2, 3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.std(0, unbiased=False), torch.ones(2, 3), atol=1e-4, rtol=0)
+    routers.save(tmp_path / "r")
+    loaded = RouterSet.load(tmp_path / "r")
+    assert torch.equal(loaded.input_mean, routers.input_mean) and torch.equal(
+        loaded.input_scale, routers.input_scale
+    )
+
+
+def test_routers_learn_despite_massive_activations():
+    """Like SmolLM2 from layer 12 on: one dimension of the first window sits near 24,000 and the others are
+    hundreds of times larger than the signal. Standardised inputs keep the rule learnable."""
+    generator = torch.Generator().manual_seed(0)
+    signal = torch.randn(300, 4, 2, 6, generator=generator)
+    labels = torch.ones(300, 4, dtype=torch.long)
+    labels[signal[:, :, 0, 0] > 1.0] = 0
+    features = 300 * signal
+    features[:, :, 0, 5] += 24_000 + 500 * torch.randn(300, 4, generator=generator)
+    result = train_routers(
+        features,
+        torch.ones(300, 2, dtype=torch.bool),
+        labels,
+        RouterConfig(num_layers=4, hidden_size=6, bottleneck=16, windows=2),
+        TrainConfig(epochs=30, lr=3e-3, val_fraction=0.3),
+    )
+    assert result.validation["macro_f1"] > max(b["macro_f1"] for b in result.baselines.values()) + 0.2
