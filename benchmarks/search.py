@@ -16,6 +16,7 @@ import pandas as pd
 
 from benchmarks.common import print_table, write_json
 from drllm_core.io import read_yaml
+from drllm_core.labels import LabelRule, labelled
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.search import SearchConfig
 from drllm_core.search_runner import ExampleSearcher, RewardConfig
@@ -25,7 +26,7 @@ from drllm_core.tasks.evaluator import examples_from_frame
 def run_variant(loaded, tasks, examples, config: SearchConfig) -> tuple[pd.DataFrame, float]:
     searcher = ExampleSearcher(loaded, tasks, config, RewardConfig())
     start = time.perf_counter()
-    records = pd.DataFrame([searcher(example) for example in examples])
+    records = pd.DataFrame([labelled(searcher(example), LabelRule("shortest")) for example in examples])
     return records, time.perf_counter() - start
 
 

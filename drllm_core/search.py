@@ -40,9 +40,9 @@ from drllm_core.paths import EXECUTE, REPEAT, SKIP, LayerPath, PathConstraints
 from drllm_core.rewards import Outcome
 
 STRATEGIES = ("mcts", "chain", "random")
-# Bumped whenever a change to the search changes its results: part of the checkpoint key, so results of an
-# older search are never resumed into a newer one.
-ALGORITHM_VERSION = 2
+# Bumped whenever a change to the search changes its results or its records: part of the checkpoint key, so
+# results of an older search are never resumed into a newer one.
+ALGORITHM_VERSION = 3
 EDIT_KINDS = ("skip1", "skip2", "repeat")
 
 
@@ -162,8 +162,8 @@ class _Tracker:
         self.order.setdefault(path, len(self.order))
         if outcome.reward < 1.0:
             return
-        if self.best is None or _rank(path, outcome, self.order) < _rank(
-            self.best, self.best_outcome, self.order
+        if self.best is None or shortest_first(path, outcome.margin, self.order[path]) < shortest_first(
+            self.best, self.best_outcome.margin, self.order[self.best]
         ):
             self.best, self.best_outcome = path, outcome
 
@@ -189,9 +189,9 @@ class _Tracker:
         )
 
 
-def _rank(path: LayerPath, outcome: Outcome, order: dict[LayerPath, int]):
-    margin = outcome.margin if not math.isnan(outcome.margin) else 0.0
-    return (path.blocks, path.distinct_layers(), -margin, order[path])
+def shortest_first(path: LayerPath, margin: float, found: int) -> tuple:
+    """Sort key of the kept result: fewer blocks, then fewer distinct layers, larger margin, found earlier."""
+    return (path.blocks, path.distinct_layers(), -(0.0 if math.isnan(margin) else margin), found)
 
 
 def search(rewards: Rewards, num_layers: int, config: SearchConfig, rng: np.random.Generator) -> SearchResult:

@@ -1,9 +1,9 @@
 """Run the path search over a set of examples: one record per example, checkpointed as it finishes, on
 this process (`backend: local`) or sharded over Ray workers (`backend: ray`, drllm_core.distributed).
 
-A record holds the example's kept path (per-layer labels and execution order), whether the default and the
-kept path answer correctly, blocks executed, and what the search spent (simulations, distinct paths scored,
-block evaluations).
+A record holds every distinct path the search scored with its reward and margin, whether the default path
+answers correctly, and what the search spent (simulations, distinct paths scored, block evaluations). The
+label rule (drllm_core.labels) then picks the kept path from the scored ones.
 """
 
 from __future__ import annotations
@@ -53,28 +53,23 @@ class ExampleSearcher:
         rewards = PathRewards(self.scorer, example, self.reward.reward, self.reward.margin)
         rng = example_rng(self.search.seed, example.example_id)
         result = search(rewards, self.loaded.num_layers, self.search, rng)
-        best = result.best
         return {
             "example_id": example.example_id,
             "task": example.task,
             "model": self.loaded.name,
             "strategy": self.search.strategy,
-            "kept": best is not None,
-            "labels": list(best.counts) if best else None,
-            "order": best.order if best else None,
             "num_layers": self.loaded.num_layers,
-            "blocks": best.blocks if best else None,
-            "blocks_saved": best.blocks_saved if best else None,
             "default_correct": result.default_outcome.correct,
             "default_margin": result.default_outcome.margin,
-            "best_correct": result.best_outcome.correct if best else False,
-            "best_margin": result.best_outcome.margin if best else None,
-            "wrong_to_correct": result.wrong_to_correct,
             "simulations": result.simulations,
             "evaluations": result.evaluations,
             "layer_evaluations": rewards.layer_evaluations,
             "stopped_early": result.stopped_early,
             "seconds": time.perf_counter() - start,
+            # every distinct path the search scored, the default first: drllm_core.labels picks the label
+            "scored_labels": [list(path.counts) for path in rewards.memo],
+            "scored_reward": [outcome.reward for outcome in rewards.memo.values()],
+            "scored_margin": [outcome.margin for outcome in rewards.memo.values()],
         }
 
 

@@ -1,7 +1,8 @@
-"""Stage `search`: find, per search example, the shortest layer path that still answers correctly.
+"""Stage `search`: find, per search example, layer paths that still answer correctly, and label it with one.
 
 Writes data/paths/<strategy>/paths.parquet (one row per kept example: labels, execution order, correctness,
-blocks, search cost) and stats.json. Resumable: finished examples are appended to a checkpoint under
+blocks, search cost, every path scored) and stats.json. The label rule (`label_rule`, drllm_core.labels)
+picks each label among the scored paths after the search, so changing it reuses the checkpoint. Resumable: finished examples are appended to a checkpoint under
 data/search_checkpoints/<strategy>/ named by a hash of everything they depend on (search params, model
 weights, task settings, data); a re-run skips them, and never reuses results computed under anything else.
 Reads params `model`, `tasks`, `search`.
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from drllm_core import io, tracking
 from drllm_core.checkpoint import Checkpoint, content_key
-from drllm_core.labels import label_statistics
+from drllm_core.labels import LabelRule, label_statistics, labelled
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import sample
 from drllm_core.search import ALGORITHM_VERSION, SearchConfig
@@ -30,6 +31,7 @@ from pipeline.common import load_params, log, parser, run, section
 RUNNER_KEYS = ("backend", "ray_address", "workers", "threads")
 REWARD_KEYS = ("reward", "margin")
 STAGE_KEYS = ("strategies", "max_examples")
+LABEL_KEYS = ("label_rule", "consensus_share")
 
 
 def build_searcher(model: dict, tasks: dict, search: SearchConfig, reward: RewardConfig) -> ExampleSearcher:
@@ -42,7 +44,9 @@ def split_params(params: dict, strategy: str):
     runner = RunnerConfig(**{k: search.pop(k) for k in RUNNER_KEYS if k in search})
     reward = RewardConfig(**{k: search.pop(k) for k in REWARD_KEYS if k in search})
     stage = {k: search.pop(k) for k in STAGE_KEYS if k in search}
-    return SearchConfig(**{**search, "strategy": strategy}), reward, runner, stage
+    label = {k: search.pop(k) for k in LABEL_KEYS if k in search}
+    rule = LabelRule(label.get("label_rule", "shortest"), label.get("consensus_share", 0.7))
+    return SearchConfig(**{**search, "strategy": strategy}), reward, runner, stage, rule
 
 
 def main() -> None:
@@ -57,7 +61,7 @@ def main() -> None:
     params = load_params(args.params)
     search_params = section(params, "search")
     strategy = args.strategy or search_params.get("strategies", ["mcts"])[0]
-    config, reward, runner, stage = split_params(search_params, strategy)
+    config, reward, runner, stage, rule = split_params(search_params, strategy)
     out = Path(args.out or f"data/paths/{strategy}")
     checkpoints = Path(args.checkpoints or f"data/search_checkpoints/{strategy}")
 
@@ -96,23 +100,27 @@ def main() -> None:
             make_searcher = functools.partial(
                 build_searcher, section(params, "model"), task_params, config, reward
             )
-        done = [checkpoint.records[e.example_id] for e in examples if e.example_id in checkpoint]
+        done = [
+            labelled(checkpoint.records[e.example_id], rule) for e in examples if e.example_id in checkpoint
+        ]
         bar = tqdm(total=len(examples), initial=len(done), desc=f"search {strategy}", unit="ex")
-        found = sum(r["wrong_to_correct"] for r in done)
+        found, kept = sum(r["wrong_to_correct"] for r in done), sum(r["kept"] for r in done)
 
         def on_record(record: dict) -> None:
-            nonlocal found
+            nonlocal found, kept
             checkpoint.add(record)
-            found += record["wrong_to_correct"]
-            bar.set_postfix(w2c=found, kept=f"{sum(r['kept'] for r in checkpoint.records.values())}")
+            record = labelled(record, rule)
+            found, kept = found + record["wrong_to_correct"], kept + record["kept"]
+            bar.set_postfix(w2c=found, kept=kept)
             bar.update()
 
         run_search(todo, make_searcher, runner, on_record)
         bar.close()
-        records = pd.DataFrame([checkpoint.records[e.example_id] for e in examples])
+        records = pd.DataFrame([labelled(checkpoint.records[e.example_id], rule) for e in examples])
     stats = {
         **label_statistics(records),
         "strategy": strategy,
+        "label_rule": rule.rule,
         "wall_seconds": time.perf_counter() - started,
         "checkpoint_key": key,
     }

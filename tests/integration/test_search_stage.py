@@ -138,3 +138,20 @@ def test_ray_backend_gives_the_same_paths_as_local(project):
     )
     assert distributed.returncode == 0, distributed.stderr
     pd.testing.assert_frame_equal(_paths(project, "local"), _paths(project, "ray"))
+
+
+def test_a_new_label_rule_relabels_from_the_checkpoint_without_searching(project):
+    frames, logs = {}, {}
+    for rule in ("shortest", "consensus"):
+        command = _command(project, _params(project, label_rule=rule, consensus_share=0.6), f"rule-{rule}")
+        command[-1] = str(project / "rule-checkpoints")  # both rules share one checkpoint folder
+        done = subprocess.run(command, env=_env(project), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        frames[rule], logs[rule] = _paths(project, f"rule-{rule}"), done.stderr
+    assert "(48 already done" in logs["consensus"]  # the second rule searched nothing
+    shortest, consensus = frames["shortest"], frames["consensus"]
+    assert list(shortest["example_id"]) == list(consensus["example_id"])  # the same examples are kept
+    assert (consensus["blocks"] >= shortest["blocks"]).all()  # consensus never labels a shorter path
+    for row in consensus.itertuples():  # every label is a path the search scored with reward 1
+        scored = {tuple(p): r for p, r in zip(row.scored_labels, row.scored_reward, strict=True)}
+        assert scored[tuple(row.labels)] == 1.0
