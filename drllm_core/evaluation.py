@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from drllm_core.paths import EXECUTE, SKIP, LayerPath, PathConstraints
+from drllm_core.prepare import sample
 from drllm_core.rewards import PathRewards
 from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.evaluator import ExampleScorer
@@ -183,6 +184,13 @@ def compare(results: pd.DataFrame, config: str, reference: str, set_name: str) -
         "set": set_name,
         **paired_comparison(a.loc[shared].tolist(), b.loc[shared].tolist()),
     }
+
+
+def held_out_search_questions(search_set: Sequence[Example], search: dict, count: int) -> list[Example]:
+    """`count` search-set questions the search did not use (its `max_examples` sample by `seed`): labels
+    never saw them, so the knob is chosen on them (and label rules are compared on them)."""
+    searched = {e.example_id for e in sample(search_set, search.get("max_examples"), search.get("seed", 0))}
+    return sample([e for e in search_set if e.example_id not in searched], count, 1)
 
 
 def calibrate_knob(

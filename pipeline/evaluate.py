@@ -27,6 +27,7 @@ from drllm_core.evaluation import (
     block_influence,
     calibrate_knob,
     compare,
+    held_out_search_questions,
     lowest_influence_path,
     random_paths,
     result_rows,
@@ -167,8 +168,8 @@ def main() -> None:
     knob, calibration = choose_knob(evaluator, main_routers, settings, section(params, "search"))
     skip_run = evaluator.constraints.max_skip_run
     drllm = evaluate(routed_configuration("drllm", all_sets, main_routers, knob, skip_run))
-    for value in settings.get("knob_sweep") or []:
-        name = f"drllm_knob_{value:+.2f}"
+    for value in [v for v in settings.get("knob_sweep") or [] if float(v) != knob]:  # knob: the drllm row
+        name = f"drllm_knob_{value:+g}"  # full precision: close sweep values never collide
         evaluate(routed_configuration(name, in_domain, main_routers, float(value), skip_run))
     for name in settings.get("other_routers") or []:
         evaluate(routed_configuration(f"routers_{name}", in_domain, str(routers_root / name), knob, skip_run))
@@ -279,14 +280,7 @@ def choose_knob(evaluator: Evaluator, routers: str, settings: dict, search: dict
     """`knob: auto` calibrates on search questions the search did not use (held out from the labels)."""
     if settings["knob"] != "auto":
         return float(settings["knob"]), []
-    searched = {
-        e.example_id for e in sample(evaluator.search, search.get("max_examples"), search.get("seed", 0))
-    }
-    held_out = sample(
-        [e for e in evaluator.search if e.example_id not in searched],
-        int(settings["calibration_examples"]),
-        1,
-    )
+    held_out = held_out_search_questions(evaluator.search, search, int(settings["calibration_examples"]))
     if not held_out:
         raise DrllmError(
             "knob: auto needs search questions the search did not use: lower search.max_examples"

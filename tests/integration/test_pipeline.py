@@ -113,7 +113,7 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "best_static/eval_id",
         "random_skip/eval_id",
         "routers_shuffled/eval_id",
-        "drllm_knob_-0.50/eval_id",
+        "drllm_knob_-0.5/eval_id",
     } <= set(evaluation["configs"])
     assert (work / "reports/report.html").is_file() and (work / "reports/figures/pareto.png").is_file()
 
