@@ -201,9 +201,8 @@ def calibrate_knob(
     min_blocks_saved: float,
     batch_size: int = 16,
 ) -> tuple[float, list[dict]]:
-    """Choose the routing knob on held-out search questions (never the test sets): among the grid values
-    whose paths save at least `min_blocks_saved` blocks per token, the one with the best accuracy (ties: the
-    one saving more); when none saves that much, the one saving the most."""
+    """Choose the routing knob on held-out search questions (never the test sets): accuracy and blocks saved
+    of every grid value, then `choose_knob_from`."""
     table = []
     for knob in grid:
         routed.knob = float(knob)
@@ -215,10 +214,16 @@ def calibrate_knob(
                 "blocks_saved": float(scorer.engine.num_layers - np.mean([sum(d.path) for d in decisions])),
             }
         )
+    return choose_knob_from(table, min_blocks_saved), table
+
+
+def choose_knob_from(table: Sequence[dict], min_blocks_saved: float) -> float:
+    """Among the grid values saving at least `min_blocks_saved` blocks per token, the one that skips least
+    (ties: the more accurate); when none saves that much, the one saving the most. Not the most accurate one:
+    on a few hundred questions neighbouring grid values differ in accuracy by noise while blocks saved are
+    measured precisely, and picking by accuracy chose knob 0 on a 0.4-point edge over +0.12 on the default
+    model, at 3.6 blocks saved and -8.5 points in-domain."""
     enough = [row for row in table if row["blocks_saved"] >= min_blocks_saved]
-    best = (
-        max(enough, key=lambda r: (r["accuracy"], r["blocks_saved"]))
-        if enough
-        else max(table, key=lambda r: r["blocks_saved"])
-    )
-    return best["knob"], table
+    if not enough:
+        return max(table, key=lambda r: r["blocks_saved"])["knob"]
+    return min(enough, key=lambda r: (r["blocks_saved"], -r["accuracy"]))["knob"]

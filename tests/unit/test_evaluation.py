@@ -75,7 +75,21 @@ def test_paired_statistics():
     assert low == 0 and 0.2 < high < 0.35
 
 
-def test_knob_calibration_prefers_accuracy_among_knobs_saving_enough():
+def test_knob_choice_meets_the_compute_target_with_the_least_skipping():
+    from drllm_core.evaluation import choose_knob_from
+
+    table = [
+        {"knob": 0.0, "accuracy": 0.387, "blocks_saved": 3.63},
+        {"knob": 0.1, "accuracy": 0.380, "blocks_saved": 1.51},
+        {"knob": 0.12, "accuracy": 0.383, "blocks_saved": 1.11},
+        {"knob": 0.14, "accuracy": 0.403, "blocks_saved": 0.70},
+    ]
+    assert choose_knob_from(table, 1.0) == 0.12  # not 0.0, the most accurate by a noisy 0.4 points
+    assert choose_knob_from(table, 0.5) == 0.14
+    assert choose_knob_from(table, 5.0) == 0.0  # nothing saves enough: the one saving the most
+
+
+def test_knob_calibration_scores_every_grid_value():
     from drllm_core.evaluation import calibrate_knob
     from drllm_core.inference import RoutedModel
     from drllm_core.routers import RouterConfig, RouterSet
