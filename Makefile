@@ -63,12 +63,13 @@ ablations: setup
 	@dvc queue start --jobs 1
 	@echo "queued; follow with: dvc queue status, dvc exp show"
 
-# Every benchmark (search, train and inference need the pipeline's outputs: run `make repro` first).
+# Every benchmark (search, train, label_rules and inference need the pipeline's outputs: run `make repro` first).
 bench: setup
 	@python -m benchmarks.engine
 	@python -m benchmarks.tasks
 	@python -m benchmarks.search
 	@python -m benchmarks.train
+	@python -m benchmarks.label_rules
 	@python -m benchmarks.inference
 
 clean:
