@@ -30,6 +30,8 @@ def main(argv=None) -> None:
         filter_string="tags.`drllm.stage` = 'evaluate'",
         order_by=["attributes.start_time DESC"],
     )
+    # the latest pipeline only: an older run's configuration names may no longer exist
+    runs = runs[runs["tags.drllm.pipeline"] == runs["tags.drllm.pipeline"].iloc[0]]
     latest = runs.drop_duplicates("tags.mlflow.runName")
     ids = list(latest["run_id"])
     experiment = latest["experiment_id"].iloc[0]
