@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-import numpy as np
 import pandas as pd
 import torch
 
 from benchmarks.common import print_table, write_json
 from drllm_core.engine import PathEngine
 from drllm_core.evaluation import (
+    accuracy_and_blocks_saved,
     best_static_path,
     block_influence,
     held_out_search_questions,
@@ -34,13 +34,6 @@ from drllm_core.prepare import sample
 from drllm_core.routers import RouterConfig
 from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
 from drllm_core.training import TrainConfig, build_features, train_routers
-
-
-def accuracy_and_saved(decisions, num_layers: int) -> tuple[float, float]:
-    return (
-        float(np.mean([d.correct for d in decisions])),
-        float(num_layers - np.mean([sum(d.path) for d in decisions])),
-    )
 
 
 def main(argv=None):
@@ -76,13 +69,11 @@ def main(argv=None):
 
     def static(name: str, path: LayerPath) -> dict:
         decisions = scorer.score(held_out, torch.tensor([path.counts] * len(held_out)))
-        accuracy, saved = accuracy_and_saved(decisions, layers)
         return {
             "variant": name,
             "knob": "",
             "label_skip_share": "",
-            "accuracy": accuracy,
-            "blocks_saved": saved,
+            **accuracy_and_blocks_saved(decisions, layers),
         }
 
     rows = [static("vanilla", LayerPath.default(layers))]
@@ -93,7 +84,7 @@ def main(argv=None):
         rows.append(static(f"best_static {skips}", best_static_path(scorer, chosen, skips, constraints)[0]))
     for spec in args.rules.split(","):
         name, _, share = spec.partition(":")
-        rule = LabelRule(name, float(share) if share else 0.7)
+        rule = LabelRule(name, *([float(share)] if share else []))  # else the default share
         kept = [row for row in (labelled(r, rule) for r in records) if row["kept"]]
         labels = torch.tensor([row["labels"] for row in kept])
         examples = [by_id[row["example_id"]] for row in kept]
@@ -103,14 +94,12 @@ def main(argv=None):
         routed = RoutedModel(loaded, result.routers, max_skip_run=constraints.max_skip_run)
         for knob in (float(k) for k in args.knobs.split(",")):
             routed.knob = knob
-            accuracy, saved = accuracy_and_saved(routed.score(scorer, held_out), layers)
             rows.append(
                 {
                     "variant": f"routers {spec}",
                     "knob": knob,
                     "label_skip_share": float((labels == 0).float().mean()),
-                    "accuracy": accuracy,
-                    "blocks_saved": saved,
+                    **accuracy_and_blocks_saved(routed.score(scorer, held_out), layers),
                 }
             )
             print(rows[-1], flush=True)

@@ -31,12 +31,12 @@ LABEL_RULES = ("shortest", "consensus")
 class LabelRule:
     """The `search.label_rule` and `search.consensus_share` params."""
 
-    rule: str = "shortest"
+    label_rule: str = "shortest"
     consensus_share: float = 0.7
 
     def __post_init__(self):
-        if self.rule not in LABEL_RULES:
-            raise ValueError(f"unknown search.label_rule {self.rule!r}; use one of {LABEL_RULES}")
+        if self.label_rule not in LABEL_RULES:
+            raise ValueError(f"unknown search.label_rule {self.label_rule!r}; use one of {LABEL_RULES}")
         if not 0.5 < self.consensus_share <= 1.0:
             raise ValueError(
                 f"search.consensus_share must lie in (0.5, 1], got {self.consensus_share}: a layer's class must be"
@@ -65,7 +65,7 @@ def kept_path(record: dict, rule: LabelRule) -> tuple[LayerPath, float] | None:
     if not rewarded:
         return None
 
-    consensus = rule.rule == "consensus"
+    consensus = rule.label_rule == "consensus"
     target = consensus_counts([path for _, path, _ in rewarded], rule.consensus_share) if consensus else None
 
     def rank(entry) -> tuple:

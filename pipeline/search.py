@@ -44,8 +44,7 @@ def split_params(params: dict, strategy: str):
     runner = RunnerConfig(**{k: search.pop(k) for k in RUNNER_KEYS if k in search})
     reward = RewardConfig(**{k: search.pop(k) for k in REWARD_KEYS if k in search})
     stage = {k: search.pop(k) for k in STAGE_KEYS if k in search}
-    label = {k: search.pop(k) for k in LABEL_KEYS if k in search}
-    rule = LabelRule(label.get("label_rule", "shortest"), label.get("consensus_share", 0.7))
+    rule = LabelRule(**{k: search.pop(k) for k in LABEL_KEYS if k in search})
     return SearchConfig(**{**search, "strategy": strategy}), reward, runner, stage, rule
 
 
@@ -100,27 +99,29 @@ def main() -> None:
             make_searcher = functools.partial(
                 build_searcher, section(params, "model"), task_params, config, reward
             )
-        done = [
-            labelled(checkpoint.records[e.example_id], rule) for e in examples if e.example_id in checkpoint
-        ]
-        bar = tqdm(total=len(examples), initial=len(done), desc=f"search {strategy}", unit="ex")
-        found, kept = sum(r["wrong_to_correct"] for r in done), sum(r["kept"] for r in done)
+        rows = {  # labelled records by example id, each labelled once
+            e.example_id: labelled(checkpoint.records[e.example_id], rule)
+            for e in examples
+            if e.example_id in checkpoint
+        }
+        bar = tqdm(total=len(examples), initial=len(rows), desc=f"search {strategy}", unit="ex")
+        found, kept = sum(r["wrong_to_correct"] for r in rows.values()), sum(r["kept"] for r in rows.values())
 
         def on_record(record: dict) -> None:
             nonlocal found, kept
             checkpoint.add(record)
-            record = labelled(record, rule)
-            found, kept = found + record["wrong_to_correct"], kept + record["kept"]
+            row = rows[record["example_id"]] = labelled(record, rule)
+            found, kept = found + row["wrong_to_correct"], kept + row["kept"]
             bar.set_postfix(w2c=found, kept=kept)
             bar.update()
 
         run_search(todo, make_searcher, runner, on_record)
         bar.close()
-        records = pd.DataFrame([labelled(checkpoint.records[e.example_id], rule) for e in examples])
+        records = pd.DataFrame([rows[e.example_id] for e in examples])
     stats = {
         **label_statistics(records),
         "strategy": strategy,
-        "label_rule": rule.rule,
+        "label_rule": rule.label_rule,
         "wall_seconds": time.perf_counter() - started,
         "checkpoint_key": key,
     }
