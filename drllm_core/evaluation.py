@@ -207,14 +207,16 @@ def calibrate_knob(
     for knob in grid:
         routed.knob = float(knob)
         decisions = routed.score(scorer, examples, batch_size)
-        table.append(
-            {
-                "knob": float(knob),
-                "accuracy": float(np.mean([d.correct for d in decisions])),
-                "blocks_saved": float(scorer.engine.num_layers - np.mean([sum(d.path) for d in decisions])),
-            }
-        )
+        table.append({"knob": float(knob), **accuracy_and_blocks_saved(decisions, scorer.engine.num_layers)})
     return choose_knob_from(table, min_blocks_saved), table
+
+
+def accuracy_and_blocks_saved(decisions, num_layers: int) -> dict:
+    """Accuracy and mean blocks saved per token of scored decisions (each with `.correct` and `.path`)."""
+    return {
+        "accuracy": float(np.mean([d.correct for d in decisions])),
+        "blocks_saved": float(num_layers - np.mean([sum(d.path) for d in decisions])),
+    }
 
 
 def choose_knob_from(table: Sequence[dict], min_blocks_saved: float) -> float:
