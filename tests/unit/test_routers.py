@@ -111,19 +111,24 @@ def test_metrics_on_a_known_confusion():
     assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # repeat never occurs: not averaged
 
 
-def test_routers_learn_a_learnable_rule_and_beat_trivial_predictors():
-    generator = torch.Generator().manual_seed(0)
-    features = torch.randn(300, 4, 2, 6, generator=generator)
-    labels = torch.ones(300, 4, dtype=torch.long)
-    labels[features[:, :, 0, 0] > 1.0] = 0  # skip when the first feature is large (~16%)
-    labels[features[:, :, 0, 1] > 1.5] = 2  # repeat when the second one is (~6%)
-    result = train_routers(
+def _train_small(features, labels):
+    """300 examples x 4 layers x 2 windows x 6 dims, every window present, 30% held out."""
+    return train_routers(
         features,
         torch.ones(300, 2, dtype=torch.bool),
         labels,
         RouterConfig(num_layers=4, hidden_size=6, bottleneck=16, windows=2),
         TrainConfig(epochs=30, lr=3e-3, val_fraction=0.3),
     )
+
+
+def test_routers_learn_a_learnable_rule_and_beat_trivial_predictors():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 4, 2, 6, generator=generator)
+    labels = torch.ones(300, 4, dtype=torch.long)
+    labels[features[:, :, 0, 0] > 1.0] = 0  # skip when the first feature is large (~16%)
+    labels[features[:, :, 0, 1] > 1.5] = 2  # repeat when the second one is (~6%)
+    result = _train_small(features, labels)
     best_trivial = max(b["macro_f1"] for b in result.baselines.values())
     assert result.validation["macro_f1"] > best_trivial + 0.2
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
@@ -199,11 +204,5 @@ def test_routers_learn_despite_massive_activations():
     labels[signal[:, :, 0, 0] > 1.0] = 0
     features = 300 * signal
     features[:, :, 0, 5] += 24_000 + 500 * torch.randn(300, 4, generator=generator)
-    result = train_routers(
-        features,
-        torch.ones(300, 2, dtype=torch.bool),
-        labels,
-        RouterConfig(num_layers=4, hidden_size=6, bottleneck=16, windows=2),
-        TrainConfig(epochs=30, lr=3e-3, val_fraction=0.3),
-    )
+    result = _train_small(features, labels)
     assert result.validation["macro_f1"] > max(b["macro_f1"] for b in result.baselines.values()) + 0.2
