@@ -11,7 +11,6 @@ beat static pruning at equal blocks saved.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
 import pandas as pd
 import torch
@@ -52,9 +51,7 @@ def main(argv=None):
     parser.add_argument("--static-skips", type=int, default=3)
     args = parser.parse_args(argv)
     params = read_yaml(args.params)
-    train = TrainConfig(
-        **{f.name: params["train"][f.name] for f in fields(TrainConfig) if f.name in params["train"]}
-    )
+    train = TrainConfig.from_params(params["train"])
     search_params = params["search"]
     constraints = PathConstraints(
         search_params.get("max_skip_run", 2), max_blocks=search_params.get("max_blocks")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from dataclasses import fields
 
 import pandas as pd
 import torch
@@ -36,9 +35,7 @@ def main(argv=None):
     parser.add_argument("--paths", default="data/paths/mcts/paths.parquet")
     args = parser.parse_args(argv)
     params = read_yaml(args.params)
-    config = TrainConfig(
-        **{f.name: params["train"][f.name] for f in fields(TrainConfig) if f.name in params["train"]}
-    )
+    config = TrainConfig.from_params(params["train"])
     loaded = load_model(ModelSpec.from_params(params["model"]))
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks"))
     paths = pd.read_parquet(args.paths)

@@ -85,10 +85,6 @@ class SearchResult:
     stopped_early: bool = False
     trace: list[int] = field(default_factory=list)  # blocks of the best path after each simulation
 
-    @property
-    def wrong_to_correct(self) -> bool:
-        return self.best is not None and not self.default_outcome.correct and self.best_outcome.correct
-
 
 Rewards = Callable[[list[LayerPath]], list[Outcome]]
 

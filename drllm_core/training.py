@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -71,6 +71,11 @@ class TrainConfig:
     beta: float = 0.999  # effective-number class weights
     val_fraction: float = 0.2  # search examples held out to judge the routers
     seed: int = 0
+
+    @classmethod
+    def from_params(cls, train_params: dict) -> TrainConfig:
+        """From the `train` section of params.yaml (its other keys, such as `routers`, are not training knobs)."""
+        return cls(**{f.name: train_params[f.name] for f in fields(cls) if f.name in train_params})
 
 
 def effective_number_weights(labels: Tensor, beta: float) -> Tensor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import resource
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -52,9 +51,7 @@ def main() -> None:
     args = args.parse_args()
     params = load_params(args.params)
     train_params = section(params, "train")
-    config = TrainConfig(
-        **{f.name: train_params[f.name] for f in fields(TrainConfig) if f.name in train_params}
-    )
+    config = TrainConfig.from_params(train_params)
     tensors = load_file(Path(args.features) / "features.safetensors")
     meta = io.read_json(Path(args.features) / "meta.json")
     labels = tensors["labels"]

@@ -108,7 +108,8 @@ def test_early_stop_on_wrong_to_correct():
     stopped = search(
         rewards, L, SearchConfig(simulations=200, early_stop=True, parallel=1), example_rng(0, "z")
     )
-    assert stopped.wrong_to_correct and stopped.stopped_early and stopped.simulations < 200
+    assert not stopped.default_outcome.correct and stopped.best_outcome.correct  # wrong to correct
+    assert stopped.stopped_early and stopped.simulations < 200
     assert stopped.best.counts[5] == 2 and flip.blocks == L + 1
 
 
