@@ -19,12 +19,12 @@ from torch import Tensor
 from drllm_core.engine import Decide, PathEngine
 from drllm_core.models import LoadedModel, weights_fingerprint
 from drllm_core.paths import EXECUTE, SKIP
-from drllm_core.routers import RouterSet, knob_decisions, window_weights
+from drllm_core.routers import RouterSet, knob_decisions, window_average, window_weights
 from drllm_core.tasks.evaluator import ExampleScorer, eos_token_ids
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scoring import Decision
 
-ROUTING_VERSION = 2  # bump when the same routers and knob would route differently (keys of saved results)
+ROUTING_VERSION = 3  # bump when the same routers and knob would route differently (keys of saved results)
 
 
 @dataclass
@@ -47,6 +47,7 @@ class RoutedModel:
         routers.check_model(loaded.num_layers, loaded.model.config.hidden_size)
         self.loaded = loaded
         self.routers = routers.to(loaded.device).float().eval()
+        self.layer_routers = self.routers.folded()
         self.engine = PathEngine(loaded.model)
         self.knob = knob
         self.max_skip_run = max_skip_run if enforce_constraints else None
@@ -59,12 +60,13 @@ class RoutedModel:
     def decider(self, prompt_mask: Tensor) -> Decide:
         """The engine hook that routes one batch; prompt_mask (B, T) marks the tokens routers read."""
         weights, window_mask = window_weights(prompt_mask.to(self.loaded.device), self.routers.config.windows)
+        average = window_average(window_mask)
         skip_run = torch.zeros(prompt_mask.shape[0], dtype=torch.long)
 
         @torch.no_grad()
         def decide(layer: int, hidden: Tensor) -> Tensor:
             pooled = torch.bmm(weights, hidden.float())  # pool_windows, with the weights computed once
-            counts = knob_decisions(self.routers.layer_logits(layer, pooled, window_mask), self.knob).cpu()
+            counts = knob_decisions(self.layer_routers[layer].logits(pooled, average), self.knob).cpu()
             if self.max_skip_run is not None:  # rows whose skip run is full execute instead of skipping
                 counts = torch.where(skip_run >= self.max_skip_run, counts.clamp(min=EXECUTE), counts)
             skip_run.add_(1).mul_(counts == SKIP)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from drllm_core import io
 from drllm_core.errors import DrllmError
@@ -61,6 +62,24 @@ class Router(nn.Module):
         logits = self.out(self.act(self.up(windows)))  # (B, W, 3)
         weights = window_mask.to(logits.dtype).unsqueeze(-1)
         return (logits * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+@dataclass(frozen=True)
+class FoldedRouter:
+    """One layer's router for routing, the standardisation's scale folded into the first Linear: the same
+    function as Router on standardised windows in five tensor operations. A router runs once per layer in the
+    prefill, where its fixed per-operation cost, not its arithmetic, is what a small model notices."""
+
+    mean: Tensor  # (D,)
+    up_weight: Tensor  # (K, D): Router.up.weight * input_scale
+    up_bias: Tensor  # (K,)
+    out_weight: Tensor  # (3, K)
+    out_bias: Tensor  # (3,)
+
+    def logits(self, windows: Tensor, window_average: Tensor) -> Tensor:
+        """windows (B, W, D), window_average (B, 1, W) (see window_average) -> logits (B, 3)."""
+        hidden = F.gelu(F.linear(windows - self.mean, self.up_weight, self.up_bias), approximate="tanh")
+        return torch.bmm(window_average, F.linear(hidden, self.out_weight, self.out_bias)).squeeze(1)
 
 
 class RouterSet(nn.Module):
@@ -110,9 +129,19 @@ class RouterSet(nn.Module):
         weights = window_mask.to(logits.dtype)[:, None, :, None]
         return (logits * weights).sum(2) / weights.sum(2).clamp(min=1)
 
-    def layer_logits(self, layer: int, windows: Tensor, window_mask: Tensor) -> Tensor:
-        windows = self.standardize(windows.to(self.input_mean.dtype), layer)
-        return self.routers[layer](windows, window_mask)
+    @torch.no_grad()
+    def folded(self) -> list[FoldedRouter]:
+        """Each layer's router as inference runs it (a snapshot: later training does not reach it)."""
+        return [
+            FoldedRouter(
+                self.input_mean[layer].clone(),
+                (router.up.weight * self.input_scale[layer]).contiguous(),
+                router.up.bias.clone(),
+                router.out.weight.clone(),
+                router.out.bias.clone(),
+            )
+            for layer, router in enumerate(self.routers)
+        ]
 
     # ---- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -175,6 +204,12 @@ def window_weights(prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
     window_mask = slots.squeeze(-1) < used.unsqueeze(1)
     member = (window.unsqueeze(1) == slots) & prompt_mask.unsqueeze(1) & window_mask.unsqueeze(-1)
     return member.float() / size.view(-1, 1, 1).float(), window_mask
+
+
+def window_average(window_mask: Tensor) -> Tensor:
+    """window_mask (B, W) -> (B, 1, W): the weights that average a row's logits over the windows it has."""
+    weights = window_mask.float()
+    return (weights / weights.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)
 
 
 def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:

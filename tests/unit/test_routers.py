@@ -13,6 +13,7 @@ from drllm_core.routers import (
     knob_decisions,
     pool_windows,
     routers_hash,
+    window_average,
 )
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
@@ -170,12 +171,16 @@ def test_routed_model_decides_per_row_and_respects_skip_runs():
     assert unconstrained[0].path == (0,) * 6
 
 
-def test_batched_forward_equals_each_layer_router_on_standardised_inputs():
+def test_batched_forward_equals_each_layer_router_on_standardised_inputs_and_the_folded_routers():
     routers = RouterSet(RouterConfig(num_layers=3, hidden_size=8, bottleneck=5, windows=2))
     features, mask = 50 * torch.randn(4, 3, 2, 8) + 7, torch.tensor([[True, True], [True, False]] * 2)
     routers.fit_input_statistics(features, mask)
-    expected = torch.stack([routers.layer_logits(i, features[:, i], mask) for i in range(3)], dim=1)
-    torch.testing.assert_close(routers(features, mask), expected)
+    each = [routers.routers[i](routers.standardize(features[:, i], i), mask) for i in range(3)]
+    folded = [
+        router.logits(features[:, i], window_average(mask)) for i, router in enumerate(routers.folded())
+    ]
+    torch.testing.assert_close(routers(features, mask), torch.stack(each, dim=1))
+    torch.testing.assert_close(torch.stack(folded, dim=1), torch.stack(each, dim=1))
 
 
 def test_input_statistics_ignore_missing_windows_and_survive_save_load(tmp_path):
