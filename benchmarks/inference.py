@@ -9,6 +9,9 @@ Targets: >= 90% of the ideal saving; router overhead <= 2%.
 `layer_calls_skipped_pct` is the share of layer calls that no row of the batch runs: a row that skips a layer
 the other rows run saves only its own share of that call, which on a memory-bound decode step (weights read
 once per call, whatever the rows) is small.
+
+A second table times one layer decision by the reference Router (drllm_core.routers) against the folded form
+that routing runs, side by side: the folding's speed-up, measured.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from benchmarks.common import interleaved_times, print_table, write_json
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model
+from drllm_core.routers import knob_decisions, window_average, window_weights
 from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
 
 
@@ -84,6 +88,40 @@ def bench_batch(routed: RoutedModel, scorer: ExampleScorer, examples, args) -> d
     }
 
 
+def bench_router_forms(routed: RoutedModel, batch: int, tokens: int, repeats: int) -> dict:
+    """One layer decision (pooling, router, knob) by the reference Router on standardised windows against
+    the FoldedRouter that routing runs, side by side on the real routers (the hidden values do not matter)."""
+    routers, layers = routed.routers, routed.loaded.num_layers
+    hidden = torch.randn(batch, tokens, routers.config.hidden_size).to(routed.loaded.dtype)
+    weights, window_mask = window_weights(torch.ones(batch, tokens, dtype=torch.bool), routers.config.windows)
+    average = window_average(window_mask)
+
+    def decisions(logits_of):
+        for layer in range(layers):
+            knob_decisions(logits_of(layer, torch.bmm(weights, hidden.float())), routed.knob)
+
+    def reference(layer, pooled):
+        return routers.routers[layer](routers.standardize(pooled, layer), window_mask)
+
+    with torch.no_grad():
+        times = interleaved_times(
+            {
+                "reference": lambda: decisions(reference),
+                "folded": lambda: decisions(
+                    lambda layer, pooled: routed.layer_routers[layer].logits(pooled, average)
+                ),
+            },
+            repeats * 20,
+        )
+    return {
+        "batch": batch,
+        "prompt_tokens": tokens,
+        "reference_us_per_layer": 1e6 * times["reference"] / layers,
+        "folded_us_per_layer": 1e6 * times["folded"] / layers,
+        "folded_over_reference": times["folded"] / times["reference"],
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,7 +142,18 @@ def main(argv=None):
         f"{args.new_tokens} new tokens"
     )
     print_table("Routed vs vanilla generation (prefill + greedy tokens)", rows)
-    write_json("inference", {"model": loaded.name, "routers": args.routers, "args": vars(args), "rows": rows})
+    forms = [bench_router_forms(routed, batch, 120, args.repeats) for batch in (1, 8)]
+    print_table("One layer decision: reference router vs the folded router routing runs", forms)
+    write_json(
+        "inference",
+        {
+            "model": loaded.name,
+            "routers": args.routers,
+            "args": vars(args),
+            "rows": rows,
+            "router_forms": forms,
+        },
+    )
 
 
 if __name__ == "__main__":
