@@ -10,7 +10,7 @@ Targets: >= 90% of the ideal saving; router overhead <= 2%.
 the other rows run saves only its own share of that call, which on a memory-bound decode step (weights read
 once per call, whatever the rows) is small.
 
-A second table times one layer decision by the reference Router (drllm_core.routers) against the folded form
+A second table times one layer decision by the reference (RouterSet.layer_logits) against the folded form
 that routing runs, side by side: the folding's speed-up, measured.
 """
 
@@ -100,13 +100,12 @@ def bench_router_forms(routed: RoutedModel, batch: int, tokens: int, repeats: in
         for layer in range(layers):
             knob_decisions(logits_of(layer, torch.bmm(weights, hidden.float())), routed.knob)
 
-    def reference(layer, pooled):
-        return routers.routers[layer](routers.standardize(pooled, layer), window_mask)
-
     with torch.no_grad():
         times = interleaved_times(
             {
-                "reference": lambda: decisions(reference),
+                "reference": lambda: decisions(
+                    lambda layer, pooled: routers.layer_logits(layer, pooled, window_mask)
+                ),
                 "folded": lambda: decisions(
                     lambda layer, pooled: routed.layer_routers[layer].logits(pooled, average)
                 ),

@@ -129,6 +129,11 @@ class RouterSet(nn.Module):
         weights = window_mask.to(logits.dtype)[:, None, :, None]
         return (logits * weights).sum(2) / weights.sum(2).clamp(min=1)
 
+    def layer_logits(self, layer: int, windows: Tensor, window_mask: Tensor) -> Tensor:
+        """The reference for one layer: its Router on standardised windows (B, W, D) -> logits (B, 3). Routing
+        runs the same function folded (see folded)."""
+        return self.routers[layer](self.standardize(windows, layer), window_mask)
+
     @torch.no_grad()
     def folded(self) -> list[FoldedRouter]:
         """Each layer's router as inference runs it (a snapshot: later training does not reach it)."""

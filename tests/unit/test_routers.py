@@ -175,7 +175,7 @@ def test_batched_forward_equals_each_layer_router_on_standardised_inputs_and_the
     routers = RouterSet(RouterConfig(num_layers=3, hidden_size=8, bottleneck=5, windows=2))
     features, mask = 50 * torch.randn(4, 3, 2, 8) + 7, torch.tensor([[True, True], [True, False]] * 2)
     routers.fit_input_statistics(features, mask)
-    each = [routers.routers[i](routers.standardize(features[:, i], i), mask) for i in range(3)]
+    each = [routers.layer_logits(i, features[:, i], mask) for i in range(3)]
     folded = [
         router.logits(features[:, i], window_average(mask)) for i, router in enumerate(routers.folded())
     ]
