@@ -10,8 +10,9 @@ Targets: >= 90% of the ideal saving; router overhead <= 2%.
 the other rows run saves only its own share of that call, which on a memory-bound decode step (weights read
 once per call, whatever the rows) is small.
 
-A second table times one layer decision by the reference (RouterSet.layer_logits) against the folded form
-that routing runs, side by side: the folding's speed-up, measured.
+A second table times one layer decision on the same prompts by the reference (RouterSet.layer_logits and the
+knob) against the decider that routing runs (RoutedModel.decider: folded router, knob, skip-run rule), side
+by side: what the inference form saves, measured.
 """
 
 from __future__ import annotations
@@ -21,21 +22,17 @@ import time
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from benchmarks.common import interleaved_times, print_table, write_json
-from drllm_core.inference import RoutedModel
+from drllm_core.inference import RoutedModel, left_padded
 from drllm_core.models import ModelSpec, load_model
-from drllm_core.routers import knob_decisions, window_average, window_weights
+from drllm_core.routers import knob_decisions, window_weights
 from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
 
 
-def bench_batch(routed: RoutedModel, scorer: ExampleScorer, examples, args) -> dict:
-    engine, layers, batch = routed.engine, routed.loaded.num_layers, len(examples)
-    prompts = [scorer.prompt_ids(e) for e in examples]
-    width = max(len(p) for p in prompts)
-    pad = routed.loaded.tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
+    engine, layers, batch = routed.engine, routed.loaded.num_layers, len(ids)
     routed_counts = engine.generate(ids, None, mask, 1, decide=routed.decider(mask.bool())).counts
     router_seconds = 0.0
 
@@ -88,36 +85,32 @@ def bench_batch(routed: RoutedModel, scorer: ExampleScorer, examples, args) -> d
     }
 
 
-def bench_router_forms(routed: RoutedModel, batch: int, tokens: int, repeats: int) -> dict:
-    """One layer decision (pooling, router, knob) by the reference Router on standardised windows against
-    the FoldedRouter that routing runs, side by side on the real routers (the hidden values do not matter)."""
+def bench_router_forms(routed: RoutedModel, mask: Tensor, repeats: int) -> dict:
+    """One layer decision by the reference (pooling, RouterSet.layer_logits, the knob) against the decider
+    that routing runs (folded router, cached knob constants, the skip-run rule), side by side on the real
+    routers and the batch's real prompt mask (the hidden values do not matter)."""
     routers, layers = routed.routers, routed.loaded.num_layers
-    hidden = torch.randn(batch, tokens, routers.config.hidden_size).to(routed.loaded.dtype)
-    weights, window_mask = window_weights(torch.ones(batch, tokens, dtype=torch.bool), routers.config.windows)
-    average = window_average(window_mask)
+    hidden = torch.randn(*mask.shape, routers.config.hidden_size).to(routed.loaded.dtype)
+    weights, window_mask = window_weights(mask.bool(), routers.config.windows)
 
-    def decisions(logits_of):
+    def reference():
         for layer in range(layers):
-            knob_decisions(logits_of(layer, torch.bmm(weights, hidden.float())), routed.knob)
+            pooled = torch.bmm(weights, hidden.float())
+            knob_decisions(routers.layer_logits(layer, pooled, window_mask), routed.knob)
+
+    def routing():
+        decide = routed.decider(mask.bool())
+        for layer in range(layers):
+            decide(layer, hidden)
 
     with torch.no_grad():
-        times = interleaved_times(
-            {
-                "reference": lambda: decisions(
-                    lambda layer, pooled: routers.layer_logits(layer, pooled, window_mask)
-                ),
-                "folded": lambda: decisions(
-                    lambda layer, pooled: routed.layer_routers[layer].logits(pooled, average)
-                ),
-            },
-            repeats * 20,
-        )
+        times = interleaved_times({"reference": reference, "routing": routing}, repeats * 20)
     return {
-        "batch": batch,
-        "prompt_tokens": tokens,
+        "batch": mask.shape[0],
+        "prompt_tokens": mask.shape[1],
         "reference_us_per_layer": 1e6 * times["reference"] / layers,
-        "folded_us_per_layer": 1e6 * times["folded"] / layers,
-        "folded_over_reference": times["folded"] / times["reference"],
+        "routing_us_per_layer": 1e6 * times["routing"] / layers,
+        "routing_over_reference": times["routing"] / times["reference"],
     }
 
 
@@ -135,14 +128,16 @@ def main(argv=None):
     routed = RoutedModel.from_folder(loaded, args.routers, knob=args.knob)
     scorer = ExampleScorer(routed.engine, loaded.tokenizer, {})
     examples = examples_from_frame(pd.read_parquet("data/prepared/eval_id.parquet"))
-    rows = [bench_batch(routed, scorer, examples[:batch], args) for batch in (1, 8)]
+    pad = loaded.tokenizer.pad_token_id
+    batches = [left_padded([scorer.prompt_ids(e) for e in examples[:size]], pad) for size in (1, 8)]
+    rows = [bench_batch(routed, ids, mask, args) for ids, mask in batches]
     print(
         f"model {loaded.name}, routers {args.routers}, knob {args.knob}, {torch.get_num_threads()} threads, "
         f"{args.new_tokens} new tokens"
     )
     print_table("Routed vs vanilla generation (prefill + greedy tokens)", rows)
-    forms = [bench_router_forms(routed, batch, 120, args.repeats) for batch in (1, 8)]
-    print_table("One layer decision: reference router vs the folded router routing runs", forms)
+    forms = [bench_router_forms(routed, mask, args.repeats) for _, mask in batches]
+    print_table("One layer decision: the reference router vs the decider routing runs", forms)
     write_json(
         "inference",
         {

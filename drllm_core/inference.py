@@ -61,16 +61,17 @@ class RoutedModel:
         """The engine hook that routes one batch; prompt_mask (B, T) marks the tokens routers read."""
         weights, window_mask = window_weights(prompt_mask.to(self.loaded.device), self.routers.config.windows)
         average = window_average(window_mask)
-        skip_run = torch.zeros(prompt_mask.shape[0], dtype=torch.long)
+        skip_run = [0] * prompt_mask.shape[0]  # per row: layers skipped in a row so far
 
         @torch.no_grad()
         def decide(layer: int, hidden: Tensor) -> Tensor:
             pooled = torch.bmm(weights, hidden.float())  # pool_windows, with the weights computed once
-            counts = knob_decisions(self.layer_routers[layer].logits(pooled, average), self.knob).cpu()
-            if self.max_skip_run is not None:  # rows whose skip run is full execute instead of skipping
-                counts = torch.where(skip_run >= self.max_skip_run, counts.clamp(min=EXECUTE), counts)
-            skip_run.add_(1).mul_(counts == SKIP)
-            return counts
+            counts = knob_decisions(self.layer_routers[layer].logits(pooled, average), self.knob).tolist()
+            for row, count in enumerate(counts):  # plain Python: a few rows cost less than tensor operations
+                if count == SKIP and self.max_skip_run is not None and skip_run[row] >= self.max_skip_run:
+                    count = counts[row] = EXECUTE  # the row's skip run is full: execute instead
+                skip_run[row] = skip_run[row] + 1 if count == SKIP else 0
+            return torch.tensor(counts)
 
         return decide
 
@@ -99,10 +100,8 @@ class RoutedModel:
             rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
         else:
             rows = [tokenizer(p).input_ids for p in prompts]
-        width = max(len(r) for r in rows)
         pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        ids, mask = left_padded(rows, pad)
         out = self.engine.generate(
             ids,
             None,
@@ -119,3 +118,11 @@ class RoutedModel:
             text = tokenizer.decode(out.tokens[row, :length], skip_special_tokens=True)
             answers.append(RoutedAnswer(text, path, sum(path), length))
         return answers
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Token id rows -> ids (B, T) padded on the left (generation appends on the right) and the mask (B, T)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask

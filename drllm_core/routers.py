@@ -12,6 +12,7 @@ for. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -235,15 +236,23 @@ def knob_decisions(logits: Tensor, knob: float) -> Tensor:
     skipping there would break the rule that p >= 0.25 never skips."""
     if not -1.0 <= knob <= 1.0:
         raise ValueError(f"the routing knob must lie in [-1, 1], got {knob}")
+    order, scale, offset = _knob_constants(knob, logits.device)
     scores = logits.float()
     if knob != 0:  # p = 0 needs no softmax: the argmax of the logits is the argmax of q
-        probs = torch.softmax(scores, dim=-1)
-        onehot = torch.eye(NUM_CLASSES, device=probs.device)
-        if knob < 0:
-            scores = (1 + knob) * probs + (-knob) * onehot[SKIP]
-        elif knob <= 0.5:
-            scores = (1 - 2 * knob) * probs + 2 * knob * onehot[EXECUTE]
-        else:
-            scores = (2 - 2 * knob) * onehot[EXECUTE].expand_as(probs) + (2 * knob - 1) * onehot[REPEAT]
-    order = torch.tensor(_TIE_ORDER, device=scores.device)
+        scores = torch.softmax(scores, dim=-1).mul_(scale).add_(offset)
     return order[scores.index_select(-1, order).argmax(-1)]
+
+
+@functools.cache
+def _knob_constants(knob: float, device: torch.device) -> tuple[Tensor, float, Tensor]:
+    """The tie order and the knob's mixture as scale * q + offset, built once per knob and device: routing
+    calls knob_decisions at every layer of every prefill, where creating small tensors is most of its cost."""
+    offset = [0.0] * NUM_CLASSES
+    if knob < 0:
+        scale, offset[SKIP] = 1 + knob, -knob
+    elif knob <= 0.5:
+        scale, offset[EXECUTE] = 1 - 2 * knob, 2 * knob
+    else:
+        scale, offset[EXECUTE], offset[REPEAT] = 0.0, 2 - 2 * knob, 2 * knob - 1
+    order = torch.tensor(_TIE_ORDER, device=device)
+    return order, scale, torch.tensor(offset, device=device)

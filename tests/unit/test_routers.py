@@ -72,6 +72,24 @@ def test_knob_ties_go_to_execute():
     assert knob_decisions(torch.zeros(1, 3), 0.75).tolist() == [1]  # halfway between execute and repeat
 
 
+def test_knob_mixes_the_router_distribution_as_documented():
+    logits = 3 * torch.randn(400, 3, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(logits, -1)
+    skip, execute, repeat = probs.unbind(-1)
+    for knob in (-0.6, -0.1, 0.1, 0.3, 0.7):
+        if knob < 0:
+            wants_skip = (1 + knob) * skip - knob > (1 + knob) * torch.maximum(execute, repeat)
+            expected = torch.where(wants_skip, 0, torch.where(repeat > execute, 2, 1))
+        elif knob <= 0.5:
+            mixed_execute = (1 - 2 * knob) * execute + 2 * knob
+            best_other = torch.maximum(skip, repeat) * (1 - 2 * knob)
+            expected = torch.where(best_other > mixed_execute, torch.where(repeat > skip, 2, 0), 1)
+        else:
+            expected = torch.full((400,), 2 if knob > 0.75 else 1)
+        for _ in range(2):  # the knob's constants are cached: a second call must not see the first's work
+            assert torch.equal(knob_decisions(logits, knob), expected), knob
+
+
 def test_save_load_refuses_another_base_model(tmp_path):
     routers = RouterSet(
         RouterConfig(num_layers=2, hidden_size=4, bottleneck=3, base_model_name="a", base_fingerprint="f1")
