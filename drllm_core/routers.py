@@ -60,9 +60,7 @@ class Router(nn.Module):
 
     def forward(self, windows: Tensor, window_mask: Tensor) -> Tensor:
         """windows (B, W, D), window_mask (B, W) -> logits (B, 3) averaged over each row's windows."""
-        logits = self.out(self.act(self.up(windows)))  # (B, W, 3)
-        weights = window_mask.to(logits.dtype).unsqueeze(-1)
-        return (logits * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return window_mean(self.out(self.act(self.up(windows))), window_mask)
 
 
 @dataclass(frozen=True)
@@ -127,8 +125,7 @@ class RouterSet(nn.Module):
         out_b = torch.stack([r.out.bias for r in self.routers])  # (L, 3)
         hidden = self.routers[0].act(torch.einsum("blwd,lkd->blwk", features, up_w) + up_b[:, None, :])
         logits = torch.einsum("blwk,lck->blwc", hidden, out_w) + out_b[:, None, :]  # (B, L, W, 3)
-        weights = window_mask.to(logits.dtype)[:, None, :, None]
-        return (logits * weights).sum(2) / weights.sum(2).clamp(min=1)
+        return window_mean(logits, window_mask)
 
     def layer_logits(self, layer: int, windows: Tensor, window_mask: Tensor) -> Tensor:
         """The reference for one layer: its Router on standardised windows (B, W, D) -> logits (B, 3). Routing
@@ -212,8 +209,16 @@ def window_weights(prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
     return member.float() / size.view(-1, 1, 1).float(), window_mask
 
 
+def window_mean(values: Tensor, window_mask: Tensor) -> Tensor:
+    """values (B, ..., W, C), window_mask (B, W) -> (B, ..., C): the mean over the windows each row has."""
+    weights = window_mask.to(values.dtype)
+    weights = weights.view(weights.shape[0], *[1] * (values.dim() - 3), weights.shape[1], 1)
+    return (values * weights).sum(-2) / weights.sum(-2).clamp(min=1)
+
+
 def window_average(window_mask: Tensor) -> Tensor:
-    """window_mask (B, W) -> (B, 1, W): the weights that average a row's logits over the windows it has."""
+    """window_mask (B, W) -> (B, 1, W): window_mean as weights for one batched matmul (routing's form, computed
+    once per batch)."""
     weights = window_mask.float()
     return (weights / weights.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)
 
