@@ -59,7 +59,7 @@ ablations: setup
 	@dvc exp run --queue -n paper-early-stop -S search.early_stop=true
 	@dvc exp run --queue -n simulations-50 -S search.simulations=50
 	@dvc exp run --queue -n windows-16 -S train.windows=16
-	@dvc exp run --queue -n knob-minus-0.2 -S evaluate.knob=-0.2
+	@dvc exp run --queue -n knob-minus-0.2 -S calibrate.knob=-0.2
 	@dvc queue start --jobs 1
 	@echo "queued; follow with: dvc queue status, dvc exp show"
 

@@ -4,7 +4,8 @@
   drllm score --routers models/routers/mcts --examples data/prepared/eval_id.parquet --limit 100
 
 Both print one JSON object per input with the path each input took (per-layer counts: 0 skip, 1 execute,
-2 repeat) and the blocks executed per token; `score` ends with a summary line.
+2 repeat) and the blocks executed per token; `score` ends with a summary line. Run from the repository root,
+they route at the knob the calibrate stage chose for these routers (metrics/knob.json) unless `--knob` is given.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import pandas as pd
 
+from drllm_core import io
 from drllm_core.errors import DrllmError
 from drllm_core.inference import RoutedModel
 from drllm_core.models import DEFAULT_SPEC, ModelSpec, load_model
+from drllm_core.routers import routers_hash
 from drllm_core.tasks.evaluator import examples_from_frame
+
+CALIBRATED = "metrics/knob.json"  # written by the calibrate stage, relative to the repository root
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +34,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--knob", type=float, default=0.0, help="p in [-1, 1]: < 0 saves more compute")
+    parser.add_argument(
+        "--knob",
+        type=float,
+        default=None,
+        help=f"p in [-1, 1]: < 0 saves more compute (default: the knob {CALIBRATED} holds for these routers, "
+        "the one the pipeline evaluated, else 0)",
+    )
     parser.add_argument("--force", action="store_true", help="use routers trained on another model")
+
+
+def default_knob(routers: str) -> float:
+    """The knob the calibrate stage chose when it calibrated these routers (same content hash), else 0."""
+    if Path(CALIBRATED).is_file():
+        chosen = io.read_json(CALIBRATED)
+        if chosen.get("routers_hash") == routers_hash(routers):
+            return float(chosen["knob"])
+    return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         loaded = load_model(ModelSpec(spec=args.model, dtype=args.dtype, device=args.device))
-        routed = RoutedModel.from_folder(loaded, args.routers, force=args.force, knob=args.knob)
+        knob = default_knob(args.routers) if args.knob is None else args.knob
+        print(f"routing at knob {knob:+g}", file=sys.stderr)
+        routed = RoutedModel.from_folder(loaded, args.routers, force=args.force, knob=knob)
         if args.command == "generate":
             for prompt, answer in zip(
                 args.prompts,

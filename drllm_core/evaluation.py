@@ -204,10 +204,18 @@ def calibrate_knob(
     """Choose the routing knob on held-out search questions (never the test sets): accuracy and blocks saved
     of every grid value, then `choose_knob_from`."""
     table = []
-    for knob in grid:
+    for done, knob in enumerate(grid, 1):
         routed.knob = float(knob)
         decisions = routed.score(scorer, examples, batch_size)
         table.append({"knob": float(knob), **accuracy_and_blocks_saved(decisions, scorer.engine.num_layers)})
+        log.info(
+            "calibration %d/%d: knob %+g, accuracy %.3f, blocks saved %.2f",
+            done,
+            len(grid),
+            knob,
+            table[-1]["accuracy"],
+            table[-1]["blocks_saved"],
+        )
     return choose_knob_from(table, min_blocks_saved), table
 
 

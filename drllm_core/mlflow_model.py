@@ -2,7 +2,8 @@
 prompts with routed greedy generation (the same code path as drllm_core.inference.RoutedModel.generate).
 
 Input: a DataFrame with a `prompt` column. Output: `text`, `path` (per-layer counts) and `blocks` per prompt.
-Options in the model config: `max_new_tokens`, `knob`, `chat_template`; `params` at predict time override them.
+Options in the model config: `max_new_tokens`, `knob` (register sets the calibrated one), `chat_template`;
+`params` at predict time override them.
 """
 
 from __future__ import annotations

@@ -80,14 +80,15 @@ def _flat(params: dict, prefix: str = "") -> dict:
 
 # ---- model registry ---------------------------------------------------------------------------------------
 ROUTERS_HASH_TAG = "drllm.routers_hash"
+KNOB_TAG = "drllm.knob"  # the routing knob a version serves at (its model config's default)
 
 
 def registered_model_name(base_model_name: str) -> str:
     return f"drllm-{base_model_name}"
 
 
-def find_version(name: str, routers_hash: str):
-    """The registered version holding this router set, or None."""
+def find_version(name: str, routers_hash: str, knob: float | None = None):
+    """The registered version holding this router set (served at `knob`, when given), or None."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -96,7 +97,12 @@ def find_version(name: str, routers_hash: str):
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    matches = [v for v in versions if v.tags.get(ROUTERS_HASH_TAG) == routers_hash]
+    matches = [
+        v
+        for v in versions
+        if v.tags.get(ROUTERS_HASH_TAG) == routers_hash
+        and (knob is None or float(v.tags.get(KNOB_TAG, 0.0)) == knob)  # untagged versions serve at 0
+    ]
     return min(matches, key=lambda v: int(v.version)) if matches else None
 
 
@@ -105,16 +111,18 @@ def register_routers(
     name: str,
     routers_hash: str,
     model_params: dict,
+    knob: float = 0.0,
     alias: str = "candidate",
     tags: dict | None = None,
 ):
-    """Log the router set as a pyfunc and register it as a version of `name` with `alias`; a router set
-    already registered (same content hash) is not registered again. Returns (version, newly_registered)."""
+    """Log the router set as a pyfunc serving at `knob` and register it as a version of `name` with `alias`; a
+    router set already registered at that knob (same content hash) is not registered again. Returns
+    (version, newly_registered)."""
     mlflow = configure()
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    existing = find_version(name, routers_hash)
+    existing = find_version(name, routers_hash, knob)
     if existing is None:
         model_file = Path(__file__).with_name("mlflow_model.py")
         with mlflow.start_run(run_name=f"register-{name}", tags={"drllm.stage": "register", **(tags or {})}):
@@ -122,7 +130,7 @@ def register_routers(
                 name="routed_llm",
                 python_model=str(model_file),
                 artifacts={"routers": str(folder)},
-                model_config={"model": model_params},
+                model_config={"model": model_params, "knob": knob},
                 code_paths=[str(model_file.parent)],
                 signature=_signature(),
                 pip_requirements=_requirements(),
@@ -130,6 +138,7 @@ def register_routers(
             )
         version = client.get_model_version(name, info.registered_model_version)
         client.set_model_version_tag(name, version.version, ROUTERS_HASH_TAG, routers_hash)
+        client.set_model_version_tag(name, version.version, KNOB_TAG, str(knob))
         newly = True
     else:
         version, newly = existing, False

@@ -4,8 +4,9 @@ Writes data/eval/results.parquet (one row per configuration x question: predicti
 blocks), metrics/eval.json (per configuration, set and task: accuracy with its 95% interval, blocks per token,
 saved share; paired comparisons with McNemar tests), plots/eval/pareto.csv and metrics/speed.json. Every
 (configuration, question) result is checkpointed, so a long evaluation resumes. One MLflow run per
-configuration, tagged with the router set it evaluated. Reads params `model`, `tasks`, `search` (constraints),
-`evaluate`. Configurations are described in drllm_core/evaluation.py.
+configuration, tagged with the router set it evaluated. Dr.LLM (`drllm`) runs at the knob the calibrate stage
+chose (metrics/knob.json). Reads params `model`, `tasks`, `search` (constraints), `evaluate`. Configurations
+are described in drllm_core/evaluation.py.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
     best_static_path,
     block_influence,
-    calibrate_knob,
     compare,
-    held_out_search_questions,
     lowest_influence_path,
     random_paths,
     result_rows,
@@ -143,6 +142,7 @@ def main() -> None:
     args.add_argument("--prepared", default="data/prepared")
     args.add_argument("--routers", default="models/routers", help="folder of router sets (mcts, chain, ...)")
     args.add_argument("--oracle", default="data/paths/mcts", help="MCTS search output (the upper bound)")
+    args.add_argument("--knob", default="metrics/knob.json", help="the calibrate stage's output")
     args.add_argument("--checkpoints", default="data/eval_checkpoints")
     args.add_argument("--results", default="data/eval")
     args.add_argument("--metrics", default="metrics/eval.json")
@@ -165,7 +165,7 @@ def main() -> None:
     routers_root = Path(args.routers)
     main_routers = str(routers_root / "mcts")
     evaluate(Configuration("vanilla", all_sets, {"kind": "vanilla"}, path=LayerPath.default(layers)))
-    knob, calibration = choose_knob(evaluator, main_routers, settings, section(params, "search"))
+    knob, calibration = calibrated_knob(args.knob, main_routers)
     skip_run = evaluator.constraints.max_skip_run
     drllm = evaluate(routed_configuration("drllm", all_sets, main_routers, knob, skip_run))
     for value in [v for v in settings.get("knob_sweep") or [] if float(v) != knob]:  # knob: the drllm row
@@ -262,7 +262,7 @@ def main() -> None:
     io.write_with(Path(args.plots) / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
     speed = measure_speed(evaluator, main_routers, settings, knob)
     io.write_json(Path(args.metrics).with_name("speed.json"), speed)
-    log_runs(summary, comparisons, main_routers, routers_root, evaluator)
+    log_runs(summary, comparisons, main_routers, routers_root, evaluator, knob)
     for row in overall.itertuples():
         log.info(
             "%-22s %-8s acc %.3f [%.3f, %.3f]  blocks/token %.2f  saved %.1f%%",
@@ -276,32 +276,12 @@ def main() -> None:
         )
 
 
-def choose_knob(evaluator: Evaluator, routers: str, settings: dict, search: dict) -> tuple[float, list[dict]]:
-    """`knob: auto` calibrates on search questions the search did not use (held out from the labels)."""
-    if settings["knob"] != "auto":
-        return float(settings["knob"]), []
-    held_out = held_out_search_questions(evaluator.search, search, int(settings["calibration_examples"]))
-    if not held_out:
-        raise DrllmError(
-            "knob: auto needs search questions the search did not use: lower search.max_examples"
-        )
-    knob, table = calibrate_knob(
-        evaluator.scorer,
-        evaluator.routed_model(routers, 0.0),
-        held_out,
-        settings["knob_grid"],
-        float(settings["min_blocks_saved"]),
-        evaluator.batch_size,
-    )
-    for row in table:
-        log.info(
-            "calibration knob %+g: accuracy %.3f, blocks saved %.2f",
-            row["knob"],
-            row["accuracy"],
-            row["blocks_saved"],
-        )
-    log.info("knob %+g chosen on %d held-out search questions", knob, len(held_out))
-    return knob, table
+def calibrated_knob(path: str, routers: str) -> tuple[float, list[dict]]:
+    """The knob the calibrate stage chose for these routers, and its calibration table."""
+    chosen = io.read_json(path)
+    if chosen.get("routers_hash") != routers_hash(routers):
+        raise DrllmError(f"{path} was calibrated for other routers than {routers}: run `dvc repro calibrate`")
+    return float(chosen["knob"]), chosen["calibration"]
 
 
 def measure_speed(evaluator: Evaluator, routers: str, settings: dict, knob: float) -> dict:
@@ -341,7 +321,12 @@ def measure_speed(evaluator: Evaluator, routers: str, settings: dict, knob: floa
 
 
 def log_runs(
-    summary: pd.DataFrame, comparisons: list[dict], main_routers: str, routers_root: Path, evaluator
+    summary: pd.DataFrame,
+    comparisons: list[dict],
+    main_routers: str,
+    routers_root: Path,
+    evaluator,
+    knob: float,
 ) -> None:
     """One MLflow run per configuration: accuracy and layers saved per set and task, linked to its routers."""
     name = tracking.registered_model_name(evaluator.loaded.name)
@@ -355,7 +340,7 @@ def log_runs(
         if Path(folder, "config.json").is_file() and (config.startswith(("drllm", "routers_"))):
             digest = routers_hash(folder)
             tags["drllm.routers_hash"] = digest
-            version = tracking.find_version(name, digest)
+            version = tracking.find_version(name, digest, knob if config == "drllm" else None)
             if version is not None:
                 tags["drllm.registered_model"] = f"models:/{name}/{version.version}"
         with tracking.stage_run("evaluate", tags=tags, name=f"evaluate-{config}"):

@@ -1,9 +1,10 @@
 """Promote a router version: move the MLflow alias `champion` to it only if the gates in params.yaml pass.
 
-  python -m pipeline.promote             # the version holding models/routers/mcts (the last evaluated routers)
+  python -m pipeline.promote             # the version holding models/routers/mcts at the evaluated knob
   make promote
 
-The gates read metrics/eval.json, which must describe that router set (its content hash is checked):
+The gates read metrics/eval.json, which must describe that router set (its content hash is checked) at the
+knob the version serves at:
 in-domain accuracy against vanilla, out-of-domain accuracy drop, and blocks saved per token. The command
 prints the comparison with the current champion and refuses, exit status 1, with the reason when a gate
 fails. The promoted version keeps its evaluation figures as tags, so the next promotion can compare.
@@ -69,15 +70,16 @@ def main() -> None:
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    version = tracking.find_version(name, digest)
-    if version is None:
-        raise PromotionRefused(
-            f"routers {args.routers} ({digest}) are not registered in {name}: run `dvc repro register` first"
-        )
     evaluation = io.read_json(args.metrics)
     if evaluation.get("routers_hash") != digest:
         raise PromotionRefused(
             f"{args.metrics} evaluated other routers ({evaluation.get('routers_hash')}), not {digest}: run `dvc repro evaluate`"
+        )
+    knob = float(evaluation["knob"])
+    version = tracking.find_version(name, digest, knob)
+    if version is None:
+        raise PromotionRefused(
+            f"routers {args.routers} ({digest}) at knob {knob:+g} are not registered in {name}: run `dvc repro register` first"
         )
     values = figures(evaluation)
     try:

@@ -1,13 +1,15 @@
 """Stage `register`: put the trained routers into the MLflow model registry as a pyfunc, alias `candidate`.
 
-The registered model is named after the base model (drllm-<model>); a version is keyed by the routers'
-content hash, so a router set DVC restores from its run cache is registered exactly once, however often
-this runs. Reads params `model`.
+The registered model is named after the base model (drllm-<model>). Its model config holds the knob the
+calibrate stage chose (metrics/knob.json), so the version serves at the knob `evaluate` measured. A version is
+keyed by the routers' content hash and that knob, so a router set DVC restores from its run cache is
+registered exactly once, however often this runs. Reads params `model`.
 """
 
 from __future__ import annotations
 
 from drllm_core import io, tracking
+from drllm_core.errors import DrllmError
 from drllm_core.routers import routers_hash
 from pipeline.common import load_params, log, parser, run, section
 
@@ -15,17 +17,32 @@ from pipeline.common import load_params, log, parser, run, section
 def main() -> None:
     args = parser(__doc__)
     args.add_argument("--routers", required=True, help="e.g. models/routers/mcts")
+    args.add_argument("--knob", default="metrics/knob.json", help="the calibrate stage's output")
     args.add_argument("--alias", default="candidate")
     args = args.parse_args()
     params = load_params(args.params)
     config = io.read_json(f"{args.routers}/config.json")
     name = tracking.registered_model_name(config["base_model_name"])
     digest = routers_hash(args.routers)
+    calibrated = io.read_json(args.knob)
+    if calibrated.get("routers_hash") != digest:
+        raise DrllmError(
+            f"{args.knob} was calibrated for other routers than {args.routers}: run `dvc repro calibrate`"
+        )
+    knob = float(calibrated["knob"])
     version, newly = tracking.register_routers(
-        args.routers, name, digest, section(params, "model"), args.alias, {"drllm.routers_hash": digest}
+        args.routers, name, digest, section(params, "model"), knob, args.alias, {"drllm.routers_hash": digest}
     )
     state = "registered" if newly else "already registered"
-    log.info("%s %s version %s (routers %s), alias %s", state, name, version.version, digest, args.alias)
+    log.info(
+        "%s %s version %s (routers %s, knob %+g), alias %s",
+        state,
+        name,
+        version.version,
+        digest,
+        knob,
+        args.alias,
+    )
 
 
 if __name__ == "__main__":

@@ -92,13 +92,14 @@ def pipeline(tmp_path_factory):
 
 
 def test_every_stage_ran_and_wrote_its_outputs(pipeline):
-    work, _, first = pipeline
+    work, env, first = pipeline
     for stage in (
         "prepare",
         "search@mcts",
         "validate@chain",
         "features@random",
         "train@shuffled",
+        "calibrate",
         "register",
         "evaluate",
         "report",
@@ -116,6 +117,14 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "drllm_knob_-0.5/eval_id",
     } <= set(evaluation["configs"])
     assert (work / "reports/report.html").is_file() and (work / "reports/figures/pareto.png").is_file()
+    calibrated = json.loads((work / "metrics/knob.json").read_text())
+    assert len(calibrated["calibration"]) == 9 and evaluation["knob"] == calibrated["knob"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (registered,) = client.search_registered_models()
+    candidate = client.get_model_version_by_alias(registered.name, "candidate")
+    assert float(candidate.tags["drllm.knob"]) == calibrated["knob"]  # served at the knob evaluated
 
 
 def test_second_repro_does_nothing_and_a_search_param_reruns_only_downstream(pipeline):

@@ -105,6 +105,16 @@ def test_registration_over_http_is_keyed_by_hash_and_the_pyfunc_matches_routed_g
     local = RoutedModel.from_folder(loaded, folder).generate(prompts, max_new_tokens=6)
     assert list(served["text"]) == [a.text for a in local]
     assert [list(p) for p in served["path"]] == [list(a.path) for a in local]
+    # the same routers at another knob are another version, which serves at that knob by default
+    skipping, new = tracking.register_routers(folder, "drllm-tiny", digest, model_params, knob=-0.6)
+    assert new and skipping.version != first.version and skipping.tags["drllm.knob"] == "-0.6"
+    assert tracking.find_version("drllm-tiny", digest, -0.6).version == skipping.version
+    served = mlflow.pyfunc.load_model(f"models:/drllm-tiny/{skipping.version}").predict(
+        pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 6}
+    )
+    local = RoutedModel.from_folder(loaded, folder, knob=-0.6).generate(prompts, max_new_tokens=6)
+    assert [list(p) for p in served["path"]] == [list(a.path) for a in local]
+    assert sum(map(sum, served["path"])) < 2 * 6  # knob -0.6 skips: the served paths are not the default
 
 
 def _promote(root, metrics, gates):
@@ -139,6 +149,7 @@ def test_promotion_gates(server, routers):
         return {
             "num_layers": 6,
             "routers_hash": digest,
+            "knob": 0.0,
             "configs": {
                 "drllm/eval_id": {"accuracy": id_accuracy, "blocks_per_token": blocks},
                 "vanilla/eval_id": {"accuracy": 0.5, "blocks_per_token": 6},
@@ -158,4 +169,6 @@ def test_promotion_gates(server, routers):
     assert champion.tags["drllm.blocks_saved"] == "1.5000"
     stale = _promote(root, {**metrics(0.51, 4.5), "routers_hash": "other"}, gates)
     assert stale.returncode == 1 and "evaluated other routers" in stale.stderr
+    unregistered_knob = _promote(root, {**metrics(0.51, 4.5), "knob": 0.3}, gates)
+    assert unregistered_knob.returncode == 1 and "at knob +0.3 are not registered" in unregistered_knob.stderr
     assert json.loads((root / "routers" / "config.json").read_text())["base_model_name"] == "tiny"

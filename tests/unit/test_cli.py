@@ -4,10 +4,10 @@ import json
 
 import pandas as pd
 
-from drllm_core import cli
+from drllm_core import cli, io
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import build_sets
-from drllm_core.routers import RouterConfig, RouterSet
+from drllm_core.routers import RouterConfig, RouterSet, routers_hash
 from tests.conftest import tiny_loaded
 
 
@@ -73,3 +73,18 @@ def test_routers_for_another_model_are_refused(tmp_path, capsys):
     other.tokenizer.save_pretrained(tmp_path / "other")
     assert cli.main(["generate", "--routers", routers, "--model", str(tmp_path / "other"), "Hi"]) == 1
     assert "pass force=True" in capsys.readouterr().err
+
+
+def test_the_default_knob_is_the_one_calibrated_for_these_routers(tmp_path, capsys, monkeypatch):
+    model, routers = _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    generate = ["generate", "--routers", routers, "--model", model, "--max-new-tokens", "2", "Hi"]
+    assert cli.main(generate) == 0
+    assert "routing at knob +0" in capsys.readouterr().err  # nothing calibrated: the routers' own argmax
+    io.write_json(tmp_path / "metrics/knob.json", {"routers_hash": routers_hash(routers), "knob": -0.6})
+    assert cli.main(generate) == 0
+    out = capsys.readouterr()
+    assert "routing at knob -0.6" in out.err and json.loads(out.out)["path"] == [0, 0, 1, 0, 0, 1]
+    io.write_json(tmp_path / "metrics/knob.json", {"routers_hash": "other routers", "knob": -0.6})
+    assert cli.main(generate) == 0 and "routing at knob +0" in capsys.readouterr().err
+    assert cli.main([*generate, "--knob", "-0.6"]) == 0 and "knob -0.6" in capsys.readouterr().err

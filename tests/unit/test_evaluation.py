@@ -1,10 +1,17 @@
 """Evaluation baselines and summaries on a tiny model."""
 
+import dataclasses
+import os
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 import torch
 
+from drllm_core import io
 from drllm_core.engine import PathEngine
+from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
     best_static_path,
     block_influence,
@@ -15,11 +22,11 @@ from drllm_core.evaluation import (
     summarize,
 )
 from drllm_core.paths import PathConstraints
-from drllm_core.routers import RouterConfig, RouterSet
+from drllm_core.routers import RouterConfig, RouterSet, routers_hash
 from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
-from pipeline.evaluate import routed_configuration
+from pipeline.evaluate import calibrated_knob, routed_configuration
 from tests.conftest import tiny_loaded
 
 EXAMPLES = [
@@ -113,3 +120,53 @@ def test_routed_results_are_keyed_by_everything_routing_depends_on(tmp_path):
     ):
         assert other.identity != base.identity
     assert base.identity["routing_version"] >= 2
+
+
+def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_routers(tmp_path):
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
+    pd.DataFrame([dataclasses.asdict(e) for e in EXAMPLES]).to_parquet(tmp_path / "search.parquet")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+
+    def calibrate(knob):
+        params = {"search": {"max_examples": None, "seed": 0}, "calibrate": {"knob": knob, "examples": 10}}
+        io.write_json(tmp_path / "params.json", params)  # JSON is YAML
+        stage = ["pipeline.calibrate", "--params", str(tmp_path / "params.json"), "--prepared", str(tmp_path)]
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                *stage,
+                "--routers",
+                str(tmp_path / "r"),
+                "--out",
+                str(tmp_path / "k.json"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+
+    out_of_range = calibrate(1.5)
+    assert (
+        out_of_range.returncode == 1 and "must be auto or a number in [-1, 1], got 1.5" in out_of_range.stderr
+    )
+    assert "got 'atuo'" in calibrate("atuo").stderr
+    nothing_held_out = calibrate("auto")  # the search used every search question
+    assert (
+        nothing_held_out.returncode == 1
+        and "search questions the search did not use" in nothing_held_out.stderr
+    )
+    assert not (tmp_path / "k.json").exists()
+    fixed = calibrate(0.1)
+    assert fixed.returncode == 0, fixed.stderr
+    written = io.read_json(tmp_path / "k.json")
+    assert written == {
+        "routers_hash": routers_hash(tmp_path / "r"),
+        "knob": 0.1,
+        "examples": 0,
+        "calibration": [],
+    }
+    assert calibrated_knob(str(tmp_path / "k.json"), str(tmp_path / "r")) == (0.1, [])
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=5)).save(tmp_path / "other")
+    with pytest.raises(DrllmError, match="calibrated for other routers"):
+        calibrated_knob(str(tmp_path / "k.json"), str(tmp_path / "other"))

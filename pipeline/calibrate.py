@@ -1,0 +1,79 @@
+"""Stage `calibrate`: the MCTS routers' operating point, the routing knob they are registered and evaluated at.
+
+With `calibrate.knob: auto` the routers route `examples` search questions the search did not use (held out
+from the labels; never the test sets) at every knob of `grid`, and the knob that skips least while saving at
+least `min_blocks_saved` blocks per token is chosen (drllm_core.evaluation.choose_knob_from says why not the
+most accurate one). A number instead of auto is used as it is. Writes metrics/knob.json (the routers' hash,
+the knob, the calibration table): `register` stores the knob in the registered model, so the version users
+load serves at the knob `evaluate` measured and `promote` gated. Reads params `model`, `tasks`, `search`
+(which questions it used, the skip-run limit) and `calibrate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from drllm_core import io, tracking
+from drllm_core.errors import DrllmError
+from drllm_core.evaluation import calibrate_knob, held_out_search_questions
+from drllm_core.inference import RoutedModel
+from drllm_core.models import ModelSpec, load_model
+from drllm_core.routers import routers_hash
+from drllm_core.tasks.evaluator import examples_from_frame
+from pipeline.common import load_params, log, parser, run, section
+
+
+def main() -> None:
+    args = parser(__doc__)
+    args.add_argument("--routers", default="models/routers/mcts")
+    args.add_argument("--prepared", default="data/prepared")
+    args.add_argument("--out", default="metrics/knob.json")
+    args = args.parse_args()
+    params = load_params(args.params)
+    settings, search = section(params, "calibrate"), section(params, "search")
+    digest = routers_hash(args.routers)
+    table, held_out = [], []
+    if settings["knob"] == "auto":
+        search_set = examples_from_frame(pd.read_parquet(Path(args.prepared) / "search.parquet"))
+        held_out = held_out_search_questions(search_set, search, int(settings["examples"]))
+        if not held_out:
+            raise DrllmError(
+                "calibrate.knob: auto needs search questions the search did not use: lower search.max_examples "
+                "or set calibrate.knob to a number"
+            )
+        loaded = load_model(ModelSpec.from_params(section(params, "model")))
+        routed = RoutedModel.from_folder(loaded, args.routers, max_skip_run=search.get("max_skip_run", 2))
+        knob, table = calibrate_knob(
+            routed.scorer(params.get("tasks")),
+            routed,
+            held_out,
+            settings["grid"],
+            float(settings["min_blocks_saved"]),
+            int(settings["batch_size"]),
+        )
+        log.info("knob %+g chosen on %d held-out search questions", knob, len(held_out))
+    else:
+        try:
+            knob = float(settings["knob"])
+        except (TypeError, ValueError):
+            knob = float("nan")  # fails the range check below
+        if not -1.0 <= knob <= 1.0:
+            raise DrllmError(f"calibrate.knob must be auto or a number in [-1, 1], got {settings['knob']!r}")
+    io.write_json(
+        args.out, {"routers_hash": digest, "knob": knob, "examples": len(held_out), "calibration": table}
+    )
+    with tracking.stage_run("calibrate", {"calibrate": settings}, {"drllm.routers_hash": digest}):
+        import mlflow
+
+        mlflow.log_metric("knob", knob)
+        for step, row in enumerate(table):
+            mlflow.log_metrics(
+                {"calibration.accuracy": row["accuracy"], "calibration.blocks_saved": row["blocks_saved"]},
+                step=step,
+            )
+
+
+if __name__ == "__main__":
+    run(main)
