@@ -5,7 +5,8 @@
 
 Both print one JSON object per input with the path each input took (per-layer counts: 0 skip, 1 execute,
 2 repeat) and the blocks executed per token; `score` ends with a summary line. Run from the repository root,
-they route at the knob the calibrate stage chose for these routers (metrics/knob.json) unless `--knob` is given.
+they route at the knob the calibrate stage chose for these routers (metrics/knob.json) unless `--knob` is
+given, and `score` prompts and scores each task as params.yaml's `tasks` section says (as `evaluate` does).
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     score = commands.add_parser("score", help="score prepared examples (parquet in the prepare schema)")
     _common(score)
     score.add_argument("--examples", required=True)
+    score.add_argument(
+        "--params",
+        default="params.yaml",
+        help="how tasks are prompted and scored: its `tasks` section, if found",
+    )
     score.add_argument("--limit", type=int, default=None)
     score.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
         else:
             examples = examples_from_frame(pd.read_parquet(args.examples))[: args.limit]
-            decisions = routed.score(routed.scorer(), examples, args.batch_size)
+            tasks = io.read_yaml(args.params).get("tasks") if Path(args.params).is_file() else None
+            decisions = routed.score(routed.scorer(tasks), examples, args.batch_size)
             for example, decision in zip(examples, decisions, strict=True):
                 print(
                     json.dumps(

@@ -55,15 +55,19 @@ def test_generate_and_score(tmp_path, capsys):
         {"sets": {"eval_id": [{"task": "toy", "source": "local", "path": str(tmp_path / "q.jsonl")}]}}
     )
     frames["eval_id"].to_parquet(tmp_path / "eval.parquet")
-    assert (
-        cli.main(
-            ["score", "--routers", routers, "--model", model, "--examples", str(tmp_path / "eval.parquet")]
-        )
-        == 0
-    )
+    score = ["score", "--routers", routers, "--model", model, "--examples", str(tmp_path / "eval.parquet")]
+    assert cli.main([*score, "--params", str(tmp_path / "none.yaml")]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 5 and lines[-1]["examples"] == 4 and "blocks_per_token" in lines[-1]
     assert set(pd.DataFrame(lines[:-1])["correct"]) <= {True, False}
+    assert {line["prediction"] for line in lines[:-1]} <= {"A", "B"}  # default: likelihood of each choice
+    (tmp_path / "params.yaml").write_text("tasks:\n  toy: {scorer: math, max_new_tokens: 2}\n")
+    assert cli.main([*score, "--params", str(tmp_path / "params.yaml")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not {line["prediction"] for line in lines[:-1]} & {
+        "A",
+        "B",
+    }  # the params' scorer: generated answers
 
 
 def test_routers_for_another_model_are_refused(tmp_path, capsys):
