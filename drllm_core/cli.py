@@ -20,9 +20,9 @@ import pandas as pd
 
 from drllm_core import io
 from drllm_core.errors import DrllmError
+from drllm_core.evaluation import calibrated_knob
 from drllm_core.inference import RoutedModel
 from drllm_core.models import DEFAULT_SPEC, ModelSpec, load_model
-from drllm_core.routers import routers_hash
 from drllm_core.tasks.evaluator import examples_from_frame
 
 CALIBRATED = "metrics/knob.json"  # written by the calibrate stage, relative to the repository root
@@ -47,11 +47,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def default_knob(routers: str) -> float:
     """The knob the calibrate stage chose when it calibrated these routers (same content hash), else 0."""
-    if Path(CALIBRATED).is_file():
-        chosen = io.read_json(CALIBRATED)
-        if chosen.get("routers_hash") == routers_hash(routers):
-            return float(chosen["knob"])
-    return 0.0
+    try:
+        return calibrated_knob(CALIBRATED, routers)[0]
+    except DrllmError:  # not calibrated, or calibrated for other routers
+        return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from drllm_core import io
+from drllm_core.errors import DrllmError
 from drllm_core.paths import EXECUTE, SKIP, LayerPath, PathConstraints
 from drllm_core.prepare import sample
 from drllm_core.rewards import PathRewards
+from drllm_core.routers import routers_hash
 from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example, letter
@@ -217,6 +221,17 @@ def calibrate_knob(
             table[-1]["blocks_saved"],
         )
     return choose_knob_from(table, min_blocks_saved), table
+
+
+def calibrated_knob(path: str | Path, routers: str | Path) -> tuple[float, list[dict]]:
+    """The knob the calibrate stage wrote to `path` and its calibration table, refusing a file written for
+    other routers (their content hash differs)."""
+    if not Path(path).is_file():
+        raise DrllmError(f"{path} not found: run `dvc repro calibrate` (it chooses the routers' knob)")
+    chosen = io.read_json(path)
+    if chosen.get("routers_hash") != routers_hash(routers):
+        raise DrllmError(f"{path} was calibrated for other routers than {routers}: run `dvc repro calibrate`")
+    return float(chosen["knob"]), chosen.get("calibration", [])
 
 
 def accuracy_and_blocks_saved(decisions, num_layers: int) -> dict:

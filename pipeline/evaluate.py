@@ -22,10 +22,10 @@ from tqdm import tqdm
 from drllm_core import io, tracking
 from drllm_core.checkpoint import Checkpoint, content_key
 from drllm_core.engine import PathEngine
-from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
     best_static_path,
     block_influence,
+    calibrated_knob,
     compare,
     lowest_influence_path,
     random_paths,
@@ -274,14 +274,6 @@ def main() -> None:
             row.blocks_per_token,
             row.saved_pct,
         )
-
-
-def calibrated_knob(path: str, routers: str) -> tuple[float, list[dict]]:
-    """The knob the calibrate stage chose for these routers, and its calibration table."""
-    chosen = io.read_json(path)
-    if chosen.get("routers_hash") != routers_hash(routers):
-        raise DrllmError(f"{path} was calibrated for other routers than {routers}: run `dvc repro calibrate`")
-    return float(chosen["knob"]), chosen["calibration"]
 
 
 def measure_speed(evaluator: Evaluator, routers: str, settings: dict, knob: float) -> dict:

@@ -9,7 +9,7 @@ registered exactly once, however often this runs. Reads params `model`.
 from __future__ import annotations
 
 from drllm_core import io, tracking
-from drllm_core.errors import DrllmError
+from drllm_core.evaluation import calibrated_knob
 from drllm_core.routers import routers_hash
 from pipeline.common import load_params, log, parser, run, section
 
@@ -24,12 +24,7 @@ def main() -> None:
     config = io.read_json(f"{args.routers}/config.json")
     name = tracking.registered_model_name(config["base_model_name"])
     digest = routers_hash(args.routers)
-    calibrated = io.read_json(args.knob)
-    if calibrated.get("routers_hash") != digest:
-        raise DrllmError(
-            f"{args.knob} was calibrated for other routers than {args.routers}: run `dvc repro calibrate`"
-        )
-    knob = float(calibrated["knob"])
+    knob, _ = calibrated_knob(args.knob, args.routers)
     version, newly = tracking.register_routers(
         args.routers, name, digest, section(params, "model"), knob, args.alias, {"drllm.routers_hash": digest}
     )

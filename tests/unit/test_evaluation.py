@@ -15,6 +15,7 @@ from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
     best_static_path,
     block_influence,
+    calibrated_knob,
     compare,
     lowest_influence_path,
     random_paths,
@@ -26,7 +27,7 @@ from drllm_core.routers import RouterConfig, RouterSet, routers_hash
 from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
-from pipeline.evaluate import calibrated_knob, routed_configuration
+from pipeline.evaluate import routed_configuration
 from tests.conftest import tiny_loaded
 
 EXAMPLES = [
@@ -168,5 +169,7 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
     }
     assert calibrated_knob(str(tmp_path / "k.json"), str(tmp_path / "r")) == (0.1, [])
     RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=5)).save(tmp_path / "other")
+    with pytest.raises(DrllmError, match="not found: run `dvc repro calibrate`"):
+        calibrated_knob(str(tmp_path / "missing.json"), str(tmp_path / "r"))
     with pytest.raises(DrllmError, match="calibrated for other routers"):
         calibrated_knob(str(tmp_path / "k.json"), str(tmp_path / "other"))
