@@ -132,22 +132,23 @@ def register_routers(
                 artifacts={"routers": str(folder)},
                 model_config={"model": model_params, "knob": knob},
                 code_paths=[str(model_file.parent)],
-                signature=_signature(),
+                signature=_signature(knob),
                 pip_requirements=_requirements(),
                 registered_model_name=name,
             )
         version = client.get_model_version(name, info.registered_model_version)
         client.set_model_version_tag(name, version.version, ROUTERS_HASH_TAG, routers_hash)
         client.set_model_version_tag(name, version.version, KNOB_TAG, str(knob))
-        newly = True
+        version, newly = client.get_model_version(name, version.version), True  # with its tags
     else:
         version, newly = existing, False
     client.set_registered_model_alias(name, alias, version.version)
     return version, newly
 
 
-def _signature():
-    """Prompts in; text, path and blocks out; generation options as inference-time params."""
+def _signature(knob: float):
+    """Prompts in; text, path and blocks out; generation options as inference-time params. MLflow fills in a
+    param's default when a prediction leaves it out, so the knob's default must be the version's own."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -156,7 +157,7 @@ def _signature():
         pd.DataFrame(
             {"text": ["an answer"], "path": [[1.0, 0.0, 2.0]], "blocks": [3.0]}
         ),  # floats: no int-NaN warning
-        params={"max_new_tokens": 64, "knob": 0.0, "chat_template": True},
+        params={"max_new_tokens": 64, "knob": float(knob), "chat_template": True},
     )
 
 
