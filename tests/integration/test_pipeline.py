@@ -117,6 +117,8 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "drllm_knob_-0.5/eval_id",
     } <= set(evaluation["configs"])
     assert (work / "reports/report.html").is_file() and (work / "reports/figures/pareto.png").is_file()
+    provenance = json.loads((work / "models/routers/mcts/config.json").read_text())["provenance"]
+    assert not [k for k in provenance["search"] if k.endswith("seconds")]  # the routers' hash ignores timings
     calibrated = json.loads((work / "metrics/knob.json").read_text())
     assert len(calibrated["calibration"]) == 9 and evaluation["knob"] == calibrated["knob"]
     from mlflow import MlflowClient
