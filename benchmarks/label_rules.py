@@ -53,9 +53,7 @@ def main(argv=None):
     params = read_yaml(args.params)
     train = TrainConfig.from_params(params["train"])
     search_params = params["search"]
-    constraints = PathConstraints(
-        search_params.get("max_skip_run", 2), max_blocks=search_params.get("max_blocks")
-    )
+    constraints = PathConstraints.from_params(search_params)
     loaded = load_model(ModelSpec.from_params(params["model"]))
     layers = loaded.num_layers
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks"))

@@ -28,6 +28,14 @@ class PathConstraints:
     max_count: int = REPEAT  # most executions of one layer (2: at most one repeat per layer)
     max_blocks: int | None = None  # budget of block executions per token (None: 2L, the paper's bound)
 
+    @classmethod
+    def from_params(cls, search: dict) -> PathConstraints:
+        """The limits of params.yaml's `search` section: the ones the labels were searched under, which
+        routing and the static baselines keep to."""
+        return cls(
+            max_skip_run=search.get("max_skip_run", cls.max_skip_run), max_blocks=search.get("max_blocks")
+        )
+
 
 PAPER_CONSTRAINTS = PathConstraints()
 

@@ -20,6 +20,7 @@ from drllm_core.errors import DrllmError
 from drllm_core.evaluation import calibrate_knob, held_out_search_questions
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model
+from drllm_core.paths import PathConstraints
 from drllm_core.routers import routers_hash
 from drllm_core.tasks.evaluator import examples_from_frame
 from pipeline.common import load_params, log, parser, run, section
@@ -44,7 +45,8 @@ def main() -> None:
                 "or set calibrate.knob to a number"
             )
         loaded = load_model(ModelSpec.from_params(section(params, "model")))
-        routed = RoutedModel.from_folder(loaded, args.routers, max_skip_run=search.get("max_skip_run", 2))
+        skip_run = PathConstraints.from_params(search).max_skip_run
+        routed = RoutedModel.from_folder(loaded, args.routers, max_skip_run=skip_run)
         knob, table = calibrate_knob(
             routed.scorer(params.get("tasks")),
             routed,

@@ -84,10 +84,7 @@ class Evaluator:
         self.search = examples_from_frame(pd.read_parquet(prepared / "search.parquet"))
         self.checkpoints = checkpoints
         self.batch_size = int(self.settings["batch_size"])
-        search = section(params, "search")
-        self.constraints = PathConstraints(
-            max_skip_run=search.get("max_skip_run", 2), max_blocks=search.get("max_blocks")
-        )
+        self.constraints = PathConstraints.from_params(section(params, "search"))
 
     def routed_model(self, folder: str, knob: float) -> RoutedModel:
         if folder not in self.routed:

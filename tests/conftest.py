@@ -4,6 +4,8 @@ tests, and the real embedded default model for the integration tests."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,6 +25,14 @@ from drllm_core.models import LoadedModel, ModelSpec
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def run_stage(stage: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m pipeline.<stage> <args>` in a fresh process, as DVC runs it; output captured for the exit
+    status and the messages (env None: this process's environment)."""
+    command = [sys.executable, "-m", f"pipeline.{stage}", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
 
 _COMMON = dict(
     hidden_size=64,

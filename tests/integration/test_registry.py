@@ -16,7 +16,7 @@ from drllm_core import io, tracking
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.routers import RouterConfig, RouterSet, routers_hash
-from tests.conftest import tiny_loaded
+from tests.conftest import run_stage, tiny_loaded
 
 
 def _free_port() -> int:
@@ -121,21 +121,8 @@ def _promote(root, metrics, gates):
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({"promote": gates}))
     io.write_json(root / "eval.json", metrics)
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.promote",
-            "--params",
-            str(params),
-            "--routers",
-            str(root / "routers"),
-            "--metrics",
-            str(root / "eval.json"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ},
+    return run_stage(
+        "promote", "--params", params, "--routers", root / "routers", "--metrics", root / "eval.json"
     )
 
 

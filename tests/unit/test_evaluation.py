@@ -2,8 +2,6 @@
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -28,7 +26,7 @@ from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
 from pipeline.evaluate import routed_configuration
-from tests.conftest import tiny_loaded
+from tests.conftest import run_stage, tiny_loaded
 
 EXAMPLES = [
     Example(f"t/{i}", "t", f"Which word comes {i} times?", ["one", "two", "three"], i % 3) for i in range(6)
@@ -131,19 +129,10 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
     def calibrate(knob):
         params = {"search": {"max_examples": None, "seed": 0}, "calibrate": {"knob": knob, "examples": 10}}
         io.write_json(tmp_path / "params.json", params)  # JSON is YAML
-        stage = ["pipeline.calibrate", "--params", str(tmp_path / "params.json"), "--prepared", str(tmp_path)]
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                *stage,
-                "--routers",
-                str(tmp_path / "r"),
-                "--out",
-                str(tmp_path / "k.json"),
-            ],
-            capture_output=True,
-            text=True,
+        return run_stage(
+            "calibrate",
+            *("--params", tmp_path / "params.json", "--prepared", tmp_path, "--routers", tmp_path / "r"),
+            *("--out", tmp_path / "k.json"),
             env=env,
         )
 

@@ -56,3 +56,9 @@ def test_longest_skip_run():
 def test_paths_are_hashable_for_memoisation():
     assert len({LayerPath((1, 0)), LayerPath((1, 0)), LayerPath((0, 1))}) == 2
     assert str(LayerPath((1, 0, 2))) == "102"
+
+
+def test_constraints_from_the_search_params_keep_the_paper_defaults():
+    assert PathConstraints.from_params({}) == PathConstraints()
+    unlimited = PathConstraints.from_params({"max_skip_run": None, "max_blocks": 40})
+    assert unlimited == PathConstraints(max_skip_run=None, max_blocks=40)

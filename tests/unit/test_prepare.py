@@ -1,8 +1,6 @@
 """The prepare stage: deterministic sets, no leakage, malformed rows counted and bounded, clear errors."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -10,6 +8,7 @@ import yaml
 
 from drllm_core.prepare import PrepareError, build_sets, sample
 from drllm_core.tasks.schema import COLUMNS, Example
+from tests.conftest import run_stage
 
 
 def _write(path, rows):
@@ -89,11 +88,7 @@ def test_bad_params_are_named(tmp_path):
 
 
 def _run_stage(params_file, out):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.prepare", "--params", str(params_file), "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
+    return run_stage("prepare", "--params", params_file, "--out", out)
 
 
 def test_stage_writes_atomically_and_keeps_old_output_on_error(tmp_path):

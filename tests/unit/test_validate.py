@@ -1,8 +1,5 @@
 """The label suite: a good file passes; each corruption fails with a message naming the check and examples."""
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 import yaml
@@ -10,6 +7,7 @@ import yaml
 from drllm_core.label_checks import ShareBounds, derived_columns, run_suite
 from drllm_core.paths import LayerPath
 from drllm_core.tasks.schema import question_hash
+from tests.conftest import run_stage
 
 L = 6
 SHARES = {
@@ -143,22 +141,10 @@ def test_stage_exits_non_zero_and_names_failures(tmp_path):
         },
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.validate",
-            "--params",
-            str(tmp_path / "params.yaml"),
-            "--paths",
-            str(paths_dir),
-            "--prepared",
-            str(prepared),
-            "--out",
-            str(tmp_path / "report"),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_stage(
+        "validate",
+        *("--params", tmp_path / "params.yaml", "--paths", paths_dir, "--prepared", prepared),
+        *("--out", tmp_path / "report"),
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 1
