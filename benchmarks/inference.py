@@ -87,7 +87,7 @@ def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
 
 def bench_router_forms(routed: RoutedModel, mask: Tensor, repeats: int) -> dict:
     """One layer decision by the reference (pooling, RouterSet.layer_logits, the knob) against the decider
-    that routing runs (folded router, cached knob constants, the skip-run rule), side by side on the real
+    that routing runs (folded router, the knob, the skip-run rule), side by side on the real
     routers and the batch's real prompt mask (the hidden values do not matter)."""
     routers, layers = routed.routers, routed.loaded.num_layers
     hidden = torch.randn(*mask.shape, routers.config.hidden_size).to(routed.loaded.dtype)
@@ -96,7 +96,7 @@ def bench_router_forms(routed: RoutedModel, mask: Tensor, repeats: int) -> dict:
     def reference():
         for layer in range(layers):
             pooled = torch.bmm(weights, hidden.float())
-            knob_decisions(routers.layer_logits(layer, pooled, window_mask), routed.knob)
+            knob_decisions(routers.layer_logits(layer, pooled, window_mask).tolist(), routed.knob)
 
     def routing():
         decide = routed.decider(mask.bool())

@@ -66,7 +66,7 @@ class RoutedModel:
         @torch.no_grad()
         def decide(layer: int, hidden: Tensor) -> Tensor:
             pooled = torch.bmm(weights, hidden.float())  # pool_windows, with the weights computed once
-            counts = knob_decisions(self.layer_routers[layer].logits(pooled, average), self.knob).tolist()
+            counts = knob_decisions(self.layer_routers[layer].logits(pooled, average).tolist(), self.knob)
             for row, count in enumerate(counts):  # plain Python: a few rows cost less than tensor operations
                 if count == SKIP and self.max_skip_run is not None and skip_run[row] >= self.max_skip_run:
                     count = counts[row] = EXECUTE  # the row's skip run is full: execute instead

@@ -12,9 +12,10 @@ for. Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,20 +66,21 @@ class Router(nn.Module):
 
 @dataclass(frozen=True)
 class FoldedRouter:
-    """One layer's router for routing, the standardisation's scale folded into the first Linear: the same
-    function as Router on standardised windows in five tensor operations. A router runs once per layer in the
-    prefill, where its fixed per-operation cost, not its arithmetic, is what a small model notices."""
+    """One layer's router for routing: the same function as Router on standardised windows, with the
+    standardisation folded into the first Linear (its scale into the weight, its mean into the bias) and the
+    window average taken before the last Linear (both are linear). Four tensor operations: a router runs once
+    per layer in the prefill, where its fixed per-operation cost, not its arithmetic, is what a small model
+    notices."""
 
-    mean: Tensor  # (D,)
     up_weight: Tensor  # (K, D): Router.up.weight * input_scale
-    up_bias: Tensor  # (K,)
+    up_bias: Tensor  # (K,): Router.up.bias - up_weight @ input_mean
     out_weight: Tensor  # (3, K)
     out_bias: Tensor  # (3,)
 
     def logits(self, windows: Tensor, window_average: Tensor) -> Tensor:
         """windows (B, W, D), window_average (B, 1, W) (see window_average) -> logits (B, 3)."""
-        hidden = F.gelu(F.linear(windows - self.mean, self.up_weight, self.up_bias), approximate="tanh")
-        return torch.bmm(window_average, F.linear(hidden, self.out_weight, self.out_bias)).squeeze(1)
+        hidden = F.gelu(F.linear(windows, self.up_weight, self.up_bias), approximate="tanh")
+        return F.linear(torch.bmm(window_average, hidden).squeeze(1), self.out_weight, self.out_bias)
 
 
 class RouterSet(nn.Module):
@@ -135,16 +137,20 @@ class RouterSet(nn.Module):
     @torch.no_grad()
     def folded(self) -> list[FoldedRouter]:
         """Each layer's router as inference runs it (a snapshot: later training does not reach it)."""
-        return [
-            FoldedRouter(
-                self.input_mean[layer].clone(),
-                (router.up.weight * self.input_scale[layer]).contiguous(),
-                router.up.bias.clone(),
-                router.out.weight.clone(),
-                router.out.bias.clone(),
+        folded = []
+        for layer, router in enumerate(self.routers):
+            # folded in float64, rounded once
+            up_weight = router.up.weight.double() * self.input_scale[layer].double()
+            up_bias = router.up.bias.double() - up_weight @ self.input_mean[layer].double()
+            folded.append(
+                FoldedRouter(
+                    up_weight.to(router.up.weight.dtype).contiguous(),
+                    up_bias.to(router.up.bias.dtype),
+                    router.out.weight.clone(),
+                    router.out.bias.clone(),
+                )
             )
-            for layer, router in enumerate(self.routers)
-        ]
+        return folded
 
     # ---- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -229,29 +235,34 @@ def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Ten
     return torch.bmm(weights, hidden.float()), window_mask
 
 
-_TIE_ORDER = (EXECUTE, SKIP, REPEAT)  # argmax returns the first of equal maxima
+_TIE_ORDER = (EXECUTE, SKIP, REPEAT)  # max() returns the first of equal maxima
 
 
-def knob_decisions(logits: Tensor, knob: float) -> Tensor:
-    """Counts (B,) from router logits (B, 3) under the control knob p in [-1, 1] (our reading of the paper's
-    appendix C): the router's distribution q is mixed towards all-skip for p < 0 ((1+p) q + (-p) skip),
-    towards all-execute for 0 < p <= 0.5 ((1-2p) q + 2p execute), and from execute towards all-repeat for
-    p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats everything.
-    A tie goes to execute: at p = 0.25 a saturated skip probability of 1.0 ties the execute mass, and
-    skipping there would break the rule that p >= 0.25 never skips."""
+def knob_decisions(logits: Sequence[Sequence[float]], knob: float) -> list[int]:
+    """Counts from router logits (B rows of 3, as `logits.tolist()`) under the control knob p in [-1, 1] (our
+    reading of the paper's appendix C): the router's distribution q is mixed towards all-skip for p < 0
+    ((1+p) q + (-p) skip), towards all-execute for 0 < p <= 0.5 ((1-2p) q + 2p execute), and from execute
+    towards all-repeat for p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats
+    everything. A tie goes to execute: at p = 0.25 a saturated skip probability of 1.0 ties the execute mass,
+    and skipping there would break the rule that p >= 0.25 never skips.
+    Plain Python on purpose: routing decides a few rows at every layer of every prefill, where each tensor
+    operation's fixed cost exceeds the arithmetic."""
     if not -1.0 <= knob <= 1.0:
         raise ValueError(f"the routing knob must lie in [-1, 1], got {knob}")
-    order, scale, offset = _knob_constants(knob, logits.device)
-    scores = logits.float()
-    if knob != 0:  # p = 0 needs no softmax: the argmax of the logits is the argmax of q
-        scores = torch.softmax(scores, dim=-1).mul_(scale).add_(offset)
-    return order[scores.index_select(-1, order).argmax(-1)]
+    scale, offset = _knob_mixture(knob)
+    decisions = []
+    for row in logits:
+        if knob != 0:  # p = 0 needs no softmax: the argmax of the logits is the argmax of q
+            top = max(row)
+            weights = [math.exp(value - top) for value in row]
+            total = sum(weights)
+            row = [scale * w / total + o for w, o in zip(weights, offset, strict=True)]
+        decisions.append(max(_TIE_ORDER, key=row.__getitem__))
+    return decisions
 
 
-@functools.cache
-def _knob_constants(knob: float, device: torch.device) -> tuple[Tensor, float, Tensor]:
-    """The tie order and the knob's mixture as scale * q + offset, built once per knob and device: routing
-    calls knob_decisions at every layer of every prefill, where creating small tensors is most of its cost."""
+def _knob_mixture(knob: float) -> tuple[float, tuple[float, ...]]:
+    """The knob's mixture as scale * q + offset (per class)."""
     offset = [0.0] * NUM_CLASSES
     if knob < 0:
         scale, offset[SKIP] = 1 + knob, -knob
@@ -259,5 +270,4 @@ def _knob_constants(knob: float, device: torch.device) -> tuple[Tensor, float, T
         scale, offset[EXECUTE] = 1 - 2 * knob, 2 * knob
     else:
         scale, offset[EXECUTE], offset[REPEAT] = 0.0, 2 - 2 * knob, 2 * knob - 1
-    order = torch.tensor(_TIE_ORDER, device=device)
-    return order, scale, torch.tensor(offset, device=device)
+    return scale, tuple(offset)
