@@ -244,7 +244,7 @@ def knob_decisions(logits: Sequence[Sequence[float]], knob: float) -> list[int]:
     ((1+p) q + (-p) skip), towards all-execute for 0 < p <= 0.5 ((1-2p) q + 2p execute), and from execute
     towards all-repeat for p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats
     everything. A tie goes to execute: at p = 0.25 a saturated skip probability of 1.0 ties the execute mass,
-    and skipping there would break the rule that p >= 0.25 never skips.
+    and skipping there would break the rule that p >= 0.25 never skips. A row of NaN logits executes.
     Plain Python on purpose: routing decides a few rows at every layer of every prefill, where each tensor
     operation's fixed cost exceeds the arithmetic."""
     if not -1.0 <= knob <= 1.0:

@@ -1,5 +1,7 @@
 """Routers, windowed pooling, the knob, persistence, features and training."""
 
+import math
+
 import pytest
 import torch
 
@@ -70,6 +72,11 @@ def test_knob_ties_go_to_execute():
     assert knob_decisions(saturated_skip, 0.25) == [1]  # 0.5 * 1 ties 0.5 * 0 + 0.5: execute
     assert knob_decisions([[0.0] * 3], 0.0) == [1]
     assert knob_decisions([[0.0] * 3], 0.75) == [1]  # halfway between execute and repeat
+
+
+def test_knob_executes_a_layer_whose_router_returns_nan():
+    for knob in (-0.5, 0.0, 0.12, 0.7):  # a NaN row (an overflowing router input) routes like the base model
+        assert knob_decisions([[math.nan] * 3], knob) == [1], knob
 
 
 def test_knob_mixes_the_router_distribution_as_documented():
