@@ -67,19 +67,21 @@ class Router(nn.Module):
 @dataclass(frozen=True)
 class FoldedRouter:
     """One layer's router for routing: the same function as Router on standardised windows, with the
-    standardisation folded into the first Linear (its scale into the weight, its mean into the bias) and the
-    window average taken before the last Linear (both are linear). Four tensor operations: a router runs once
-    per layer in the prefill, where its fixed per-operation cost, not its arithmetic, is what a small model
-    notices."""
+    standardisation's scale folded into the first Linear's weight and the window average taken before the last
+    Linear (both are linear). Five tensor operations: a router runs once per layer in the prefill, where its
+    fixed per-operation cost, not its arithmetic, is what a small model notices. The mean is subtracted, not
+    folded into the bias: with massive activations (a mean far above its spread) the folded bias cancels in
+    float32 and moves logits by ~1e-4, enough to flip a near tie. Rows need at least one window."""
 
+    mean: Tensor  # (D,)
     up_weight: Tensor  # (K, D): Router.up.weight * input_scale
-    up_bias: Tensor  # (K,): Router.up.bias - up_weight @ input_mean
+    up_bias: Tensor  # (K,)
     out_weight: Tensor  # (3, K)
     out_bias: Tensor  # (3,)
 
     def logits(self, windows: Tensor, window_average: Tensor) -> Tensor:
         """windows (B, W, D), window_average (B, 1, W) (see window_average) -> logits (B, 3)."""
-        hidden = F.gelu(F.linear(windows, self.up_weight, self.up_bias), approximate="tanh")
+        hidden = F.gelu(F.linear(windows - self.mean, self.up_weight, self.up_bias), approximate="tanh")
         return F.linear(torch.bmm(window_average, hidden).squeeze(1), self.out_weight, self.out_bias)
 
 
@@ -137,20 +139,16 @@ class RouterSet(nn.Module):
     @torch.no_grad()
     def folded(self) -> list[FoldedRouter]:
         """Each layer's router as inference runs it (a snapshot: later training does not reach it)."""
-        folded = []
-        for layer, router in enumerate(self.routers):
-            # folded in float64, rounded once
-            up_weight = router.up.weight.double() * self.input_scale[layer].double()
-            up_bias = router.up.bias.double() - up_weight @ self.input_mean[layer].double()
-            folded.append(
-                FoldedRouter(
-                    up_weight.to(router.up.weight.dtype).contiguous(),
-                    up_bias.to(router.up.bias.dtype),
-                    router.out.weight.clone(),
-                    router.out.bias.clone(),
-                )
+        return [
+            FoldedRouter(
+                self.input_mean[layer].clone(),
+                (router.up.weight * self.input_scale[layer]).contiguous(),
+                router.up.bias.clone(),
+                router.out.weight.clone(),
+                router.out.bias.clone(),
             )
-        return folded
+            for layer, router in enumerate(self.routers)
+        ]
 
     # ---- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -244,7 +242,8 @@ def knob_decisions(logits: Sequence[Sequence[float]], knob: float) -> list[int]:
     ((1+p) q + (-p) skip), towards all-execute for 0 < p <= 0.5 ((1-2p) q + 2p execute), and from execute
     towards all-repeat for p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats
     everything. A tie goes to execute: at p = 0.25 a saturated skip probability of 1.0 ties the execute mass,
-    and skipping there would break the rule that p >= 0.25 never skips. A row of NaN logits executes.
+    and skipping there would break the rule that p >= 0.25 never skips. A row with a NaN or infinite logit
+    executes (the base model's layer), at every knob.
     Plain Python on purpose: routing decides a few rows at every layer of every prefill, where each tensor
     operation's fixed cost exceeds the arithmetic."""
     if not -1.0 <= knob <= 1.0:
@@ -252,6 +251,9 @@ def knob_decisions(logits: Sequence[Sequence[float]], knob: float) -> list[int]:
     scale, offset = _knob_mixture(knob)
     decisions = []
     for row in logits:
+        if not all(map(math.isfinite, row)):
+            decisions.append(EXECUTE)
+            continue
         if knob != 0:  # p = 0 needs no softmax: the argmax of the logits is the argmax of q
             top = max(row)
             weights = [math.exp(value - top) for value in row]
