@@ -8,7 +8,8 @@ It calls the model's own modules (embeddings, decoder layers, rotary embeddings,
   several different suffixes (`HiddenState.select` duplicates rows), exactly;
 * packed choices: `segment_ids` let several continuations share one question context in a single row;
 * cached generation: `generate` keeps one KV slot per (layer, pass), so the second pass of a repeated
-  layer attends to its own keys and values, never the first pass's;
+  layer attends to its own keys and values, never the first pass's, and works out the layer calls of the
+  batch's paths (a `Schedule`) once, since a path is fixed for every generated token;
 * accounting: `BlockCounter` counts every block evaluation so callers can report compute.
 
 Only the attention implementations whose masks are plain tensors (sdpa, eager) are supported.
@@ -109,6 +110,24 @@ class _SlotView:
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         return self.slot.update(key_states, value_states)
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a decoder layer: its first pass, or the second for rows that repeat it."""
+
+    layer: int
+    repeat_pass: int
+    rows: Tensor | None  # the rows that run it, on the model's device; None: every row
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The layer calls of a batch's paths between two layers (`PathEngine.schedule`)."""
+
+    calls: tuple[LayerCall, ...]
+    start: int
+    stop: int
 
 
 @dataclass
@@ -225,46 +244,71 @@ class PathEngine:
         return masks
 
     # ---- running layers ----------------------------------------------------------------------------------
+    def schedule(self, counts: Tensor, start: int = 0, stop: int | None = None) -> Schedule:
+        """The layer calls that (B, L) counts ask for between layers start and stop, in order. A generation
+        builds it once, since a path is fixed for every generated token."""
+        stop = self.num_layers if stop is None else stop
+        rows_counts = counts[:, start:stop].tolist()
+        batch, calls = len(rows_counts), []
+        for layer in range(start, stop):
+            column = [row[layer - start] for row in rows_counts]
+            for repeat_pass in range(max(column, default=0)):
+                active = [i for i, count in enumerate(column) if count > repeat_pass]
+                rows = None if len(active) == batch else torch.tensor(active, device=self.device)
+                calls.append(LayerCall(layer, repeat_pass, rows))
+        return Schedule(tuple(calls), start, stop)
+
     @torch.no_grad()
     def run(
         self,
         state: HiddenState,
-        paths: PathsLike,
+        paths: PathsLike | Schedule,
         stop: int | None = None,
         cache: PathKVCache | None = None,
         decide: Decide | None = None,
     ) -> HiddenState:
         """Run layers state.layer .. stop-1 of each row's path; returns a new state (the input is untouched).
+        `paths` may be a `Schedule` built for this state's layers, which skips rebuilding it.
 
         With `decide`, each layer's counts are chosen just before the layer runs, from the hidden state entering
         it (routers): `decide(layer, hidden) -> (B,) counts` is written into `paths`, which must then be a
         (B, L) tensor the caller keeps to read the decisions."""
-        counts = paths if decide is not None else self.counts_tensor(paths, state.batch_size)
         stop = self.num_layers if stop is None else stop
         hidden = state.hidden
-        for layer in range(state.layer, stop):
-            if decide is not None:
-                counts[:, layer] = decide(layer, hidden).to(counts.device)
-            for repeat_pass in range(int(counts[:, layer].max())):
-                hidden = self._block(layer, repeat_pass, hidden, counts[:, layer] > repeat_pass, state, cache)
+        if decide is not None:
+            for layer in range(state.layer, stop):
+                paths[:, layer] = decide(layer, hidden).to(paths.device)
+                hidden = self._calls(self.schedule(paths, layer, layer + 1), hidden, state, cache)
+        else:
+            if not isinstance(paths, Schedule):
+                paths = self.schedule(self.counts_tensor(paths, state.batch_size), state.layer, stop)
+            if (paths.start, paths.stop) != (state.layer, stop):
+                raise ValueError(
+                    f"the schedule covers layers {paths.start}..{paths.stop - 1}, "
+                    f"the run asks for layers {state.layer}..{stop - 1}"
+                )
+            hidden = self._calls(paths, hidden, state, cache)
         return HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, stop)
 
-    def _block(self, layer, repeat_pass, hidden, active: Tensor, state: HiddenState, cache) -> Tensor:
-        """One pass of one decoder layer over the active rows; inactive rows pass through unchanged."""
-        kind = self.layer_types[layer]
-        every_row = bool(active.all())
-        rows = None if every_row else active.nonzero().squeeze(1).to(hidden.device)
+    def _calls(self, schedule: Schedule, hidden: Tensor, state: HiddenState, cache) -> Tensor:
+        for call in schedule.calls:
+            hidden = self._call(call, hidden, state, cache)
+        return hidden
+
+    def _call(self, call: LayerCall, hidden: Tensor, state: HiddenState, cache) -> Tensor:
+        """One pass of one decoder layer over its rows; the other rows pass through unchanged."""
+        kind, rows = self.layer_types[call.layer], call.rows
         cos, sin = state.position_embeddings[kind]
-        out = self.layers[layer](
+        out = self.layers[call.layer](
             _rows(hidden, rows),
             attention_mask=_rows(state.masks[kind], rows),
             position_embeddings=(_rows(cos, rows), _rows(sin, rows)),
             position_ids=_rows(state.position_ids, rows),
-            past_key_values=cache.view(layer, repeat_pass) if cache is not None else None,
+            past_key_values=cache.view(call.layer, call.repeat_pass) if cache is not None else None,
         )
         out = out[0] if isinstance(out, tuple) else out
         self.counter.add(out.shape[0], out.shape[1])
-        return out if every_row else hidden.index_copy(0, rows, out)
+        return out if rows is None else hidden.index_copy(0, rows, out)
 
     @torch.no_grad()
     def logits(self, state: HiddenState, positions: Tensor | None = None) -> Tensor:
@@ -325,9 +369,14 @@ class PathEngine:
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
         lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
         tokens, step_logits, step_ids = [], [], input_ids.to(self.device)
-        for step in range(max_new_tokens):
+        schedule = None if decide is not None else self.schedule(counts)
+        for _ in range(max_new_tokens):
             state = self.embed(step_ids, attention_mask, cache=cache)
-            state = self.run(state, counts, cache=cache, decide=decide if step == 0 else None)
+            if schedule is None:  # the prompt's pass with routers: they fix the path for every token
+                state = self.run(state, counts, cache=cache, decide=decide)
+                schedule = self.schedule(counts)
+            else:
+                state = self.run(state, schedule, cache=cache)
             cache.seen_tokens += step_ids.shape[1]
             logits = self.logits(state, torch.full((batch, 1), step_ids.shape[1] - 1))[:, 0]
             if keep_logits:

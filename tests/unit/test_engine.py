@@ -135,6 +135,39 @@ def test_cached_generation_matches_recomputation_with_mixed_paths(family):
         torch.testing.assert_close(logits, recomputed[:, width - 1 + step], rtol=1e-4, atol=1e-4)
 
 
+def test_schedule_lists_each_layer_call_with_the_rows_that_run_it():
+    engine = PathEngine(tiny_model("llama"))
+    schedule = engine.schedule(torch.tensor(MIXED), start=0, stop=4)
+    calls = [(c.layer, c.repeat_pass, None if c.rows is None else c.rows.tolist()) for c in schedule.calls]
+    assert calls == [
+        (0, 0, [0, 1, 2]),
+        (0, 1, [2]),
+        (1, 0, [0, 2, 3]),
+        (2, 0, [0, 3]),
+        (3, 0, None),  # every row runs it
+        (3, 1, [3]),
+    ]
+    state = engine.embed(_batch([3, 3, 3, 3])[0])
+    with pytest.raises(ValueError, match=r"covers layers 0\.\.3, the run asks for layers 0\.\.5"):
+        engine.run(state, schedule)
+
+
+def test_generation_with_a_decider_equals_generation_on_the_paths_it_chose(family_model):
+    """Routers decide on the prompt's pass; every generated token then follows the same per-row paths."""
+    engine = PathEngine(family_model)
+    ids, mask = _batch([9, 4, 6], left=True)
+
+    def decide(layer, hidden):  # a per-row choice that depends on the hidden state, like a router
+        return (hidden[:, -1, layer].float() * 1000).long() % 3
+
+    routed = engine.generate(ids, None, mask, max_new_tokens=5, keep_logits=True, decide=decide)
+    fixed = engine.generate(ids, routed.counts, mask, max_new_tokens=5, keep_logits=True)
+    assert len(set(map(tuple, routed.counts.tolist()))) > 1
+    assert torch.equal(routed.tokens, fixed.tokens)
+    for ours, theirs in zip(routed.step_logits, fixed.step_logits, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 def test_generation_on_the_default_path_equals_transformers_generate():
     model = tiny_model("llama")
     ids, mask = _batch([7, 4], left=True)
