@@ -17,8 +17,11 @@ from drllm_core import io
 RESULTS = Path(__file__).parent / "results"
 
 
-def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict:
-    """Median wall seconds per variant; the variants run round-robin so drift affects all of them."""
+def interleaved_samples(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall seconds per variant and round; the variants run round-robin so drift affects all of them, and
+    round i of one variant can be paired with round i of another."""
     for _ in range(warmup):
         for run in variants.values():
             run()
@@ -28,6 +31,12 @@ def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, w
             start = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict:
+    """Median wall seconds per variant of interleaved_samples."""
+    samples = interleaved_samples(variants, repeats, warmup)
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
