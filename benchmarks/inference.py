@@ -69,25 +69,21 @@ def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
     router_seconds = statistics.median(router_runs)
     calls_run = routed_counts.max(0).values.sum().item()
     saved_share = 1 - routed_counts.sum().item() / (batch * layers)
-    ideal = saved_share * (times["vanilla"] - times["no_blocks"]) / times["vanilla"]
-    rounds = [  # each round's own share of the ideal: paired within a round, so drift between rounds cancels
-        share_of_ideal(vanilla, routed, no_blocks, saved_share)
-        for vanilla, routed, no_blocks in zip(
-            samples["vanilla"], samples["routed"], samples["no_blocks"], strict=True
-        )
-    ]
+    medians = (times["vanilla"], times["routed"], times["no_blocks"])
+    # Each round's own share of the ideal too: a round's runs ran back to back, so drift between rounds cancels.
+    rounds = zip(samples["vanilla"], samples["routed"], samples["no_blocks"], strict=True)
+    shares = [share_of_ideal(*round_times, saved_share) for round_times in rounds] if saved_share else []
     return {
         "batch": batch,
         "vanilla_ms": 1000 * times["vanilla"],
         "routed_ms": 1000 * times["routed"],
         "blocks_saved_pct": 100 * saved_share,
-        "ideal_saving_pct": 100 * ideal,
+        "ideal_saving_pct": 100 * ideal_saving(times["vanilla"], times["no_blocks"], saved_share),
         "saving_pct": 100 * (1 - times["routed"] / times["vanilla"]),
-        "share_of_ideal_pct": 100
-        * share_of_ideal(times["vanilla"], times["routed"], times["no_blocks"], saved_share),
-        "rounds_share_of_ideal_pct_q1_q2_q3": "/".join(
-            f"{100 * q:.0f}" for q in statistics.quantiles(rounds, n=4)
-        ),
+        "share_of_ideal_pct": 100 * share_of_ideal(*medians, saved_share) if saved_share else None,
+        "rounds_share_of_ideal_pct_q1_q2_q3": [round(100 * q, 1) for q in statistics.quantiles(shares, n=4)]
+        if shares
+        else None,
         "layer_calls_skipped_pct": 100 * (1 - calls_run / layers),
         "router_us_per_layer": 1e6 * router_seconds / layers,
         "router_overhead_pct": 100 * router_seconds / prefill["prefill"],
@@ -95,10 +91,13 @@ def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
     }
 
 
+def ideal_saving(vanilla: float, no_blocks: float, saved_share: float) -> float:
+    """The share of the time saved if skipping blocks saved exactly their share of the time blocks take."""
+    return saved_share * (vanilla - no_blocks) / vanilla
+
+
 def share_of_ideal(vanilla: float, routed: float, no_blocks: float, saved_share: float) -> float:
-    """Time saved over the ideal saving: the skipped blocks' share of the time all blocks take."""
-    ideal = saved_share * (vanilla - no_blocks) / vanilla
-    return (1 - routed / vanilla) / ideal if ideal > 0 else float("nan")
+    return (1 - routed / vanilla) / ideal_saving(vanilla, no_blocks, saved_share)
 
 
 def bench_router_forms(routed: RoutedModel, mask: Tensor, repeats: int) -> dict:
@@ -140,6 +139,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds, at least 2")
     parser.add_argument("--knob", type=float, default=0.0)
     args = parser.parse_args(argv)
+    if args.repeats < 2:
+        parser.error(
+            f"--repeats must be at least 2 (the per-round quartiles need two rounds), got {args.repeats}"
+        )
     loaded = load_model(ModelSpec(spec=args.model))
     routed = RoutedModel.from_folder(loaded, args.routers, knob=args.knob)
     scorer = ExampleScorer(routed.engine, loaded.tokenizer, {})

@@ -112,7 +112,7 @@ class _SlotView:
         return self.slot.update(key_states, value_states)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LayerCall:
     """One call of a decoder layer: its first pass, or the second for rows that repeat it."""
 
@@ -121,11 +121,12 @@ class LayerCall:
     rows: Tensor | None  # the rows that run it, on the model's device; None: every row
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Schedule:
     """The layer calls of a batch's paths between two layers (`PathEngine.schedule`)."""
 
     calls: tuple[LayerCall, ...]
+    batch: int
     start: int
     stop: int
 
@@ -246,17 +247,23 @@ class PathEngine:
     # ---- running layers ----------------------------------------------------------------------------------
     def schedule(self, counts: Tensor, start: int = 0, stop: int | None = None) -> Schedule:
         """The layer calls that (B, L) counts ask for between layers start and stop, in order. A generation
-        builds it once, since a path is fixed for every generated token."""
+        builds it once, since a path is fixed for every generated token. Checked in plain Python: routing
+        builds one per layer of every prefill, where a tensor operation costs more than the check."""
         stop = self.num_layers if stop is None else stop
-        rows_counts = counts[:, start:stop].tolist()
-        batch, calls = len(rows_counts), []
-        for layer in range(start, stop):
-            column = [row[layer - start] for row in rows_counts]
+        if counts.dim() != 2 or counts.shape[1] != self.num_layers:
+            raise ValueError(
+                f"expected one path of {self.num_layers} layer counts per row, "
+                f"got counts of shape {tuple(counts.shape)}"
+            )
+        batch, calls = counts.shape[0], []
+        for layer, column in enumerate(counts[:, start:stop].T.tolist(), start):  # column: each row's count
+            if not all(0 <= count <= 2 for count in column):
+                raise ValueError(f"layer counts must lie in 0..2, got {column} at layer {layer}")
             for repeat_pass in range(max(column, default=0)):
-                active = [i for i, count in enumerate(column) if count > repeat_pass]
+                active = [row for row, count in enumerate(column) if count > repeat_pass]
                 rows = None if len(active) == batch else torch.tensor(active, device=self.device)
                 calls.append(LayerCall(layer, repeat_pass, rows))
-        return Schedule(tuple(calls), start, stop)
+        return Schedule(tuple(calls), batch, start, stop)
 
     @torch.no_grad()
     def run(
@@ -268,7 +275,7 @@ class PathEngine:
         decide: Decide | None = None,
     ) -> HiddenState:
         """Run layers state.layer .. stop-1 of each row's path; returns a new state (the input is untouched).
-        `paths` may be a `Schedule` built for this state's layers, which skips rebuilding it.
+        `paths` may be a `Schedule` built for this state's rows and layers, which skips rebuilding it.
 
         With `decide`, each layer's counts are chosen just before the layer runs, from the hidden state entering
         it (routers): `decide(layer, hidden) -> (B,) counts` is written into `paths`, which must then be a
@@ -278,24 +285,28 @@ class PathEngine:
         if decide is not None:
             for layer in range(state.layer, stop):
                 paths[:, layer] = decide(layer, hidden).to(paths.device)
-                hidden = self._calls(self.schedule(paths, layer, layer + 1), hidden, state, cache)
+                hidden = self._run_calls(self.schedule(paths, layer, layer + 1), hidden, state, cache)
         else:
-            if not isinstance(paths, Schedule):
-                paths = self.schedule(self.counts_tensor(paths, state.batch_size), state.layer, stop)
-            if (paths.start, paths.stop) != (state.layer, stop):
+            schedule = (
+                paths
+                if isinstance(paths, Schedule)
+                else self.schedule(self.counts_tensor(paths, state.batch_size), state.layer, stop)
+            )
+            asked = (state.batch_size, state.layer, stop)
+            if (schedule.batch, schedule.start, schedule.stop) != asked:
                 raise ValueError(
-                    f"the schedule covers layers {paths.start}..{paths.stop - 1}, "
-                    f"the run asks for layers {state.layer}..{stop - 1}"
+                    f"the schedule is for {schedule.batch} rows and layers {schedule.start}..{schedule.stop - 1}, "
+                    f"the run for {asked[0]} rows and layers {asked[1]}..{asked[2] - 1}"
                 )
-            hidden = self._calls(paths, hidden, state, cache)
+            hidden = self._run_calls(schedule, hidden, state, cache)
         return HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, stop)
 
-    def _calls(self, schedule: Schedule, hidden: Tensor, state: HiddenState, cache) -> Tensor:
+    def _run_calls(self, schedule: Schedule, hidden: Tensor, state: HiddenState, cache) -> Tensor:
         for call in schedule.calls:
-            hidden = self._call(call, hidden, state, cache)
+            hidden = self._run_call(call, hidden, state, cache)
         return hidden
 
-    def _call(self, call: LayerCall, hidden: Tensor, state: HiddenState, cache) -> Tensor:
+    def _run_call(self, call: LayerCall, hidden: Tensor, state: HiddenState, cache) -> Tensor:
         """One pass of one decoder layer over its rows; the other rows pass through unchanged."""
         kind, rows = self.layer_types[call.layer], call.rows
         cos, sin = state.position_embeddings[kind]
@@ -405,10 +416,6 @@ class PathEngine:
             raise ValueError(
                 f"expected one path of {self.num_layers} layer counts per row for {batch} rows, "
                 f"got counts of shape {tuple(counts.shape)}"
-            )
-        if counts.min() < 0 or counts.max() > 2:
-            raise ValueError(
-                f"layer counts must lie in 0..2, got values {sorted(set(counts.flatten().tolist()))}"
             )
         return counts
 

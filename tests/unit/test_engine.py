@@ -148,8 +148,10 @@ def test_schedule_lists_each_layer_call_with_the_rows_that_run_it():
         (3, 1, [3]),
     ]
     state = engine.embed(_batch([3, 3, 3, 3])[0])
-    with pytest.raises(ValueError, match=r"covers layers 0\.\.3, the run asks for layers 0\.\.5"):
+    with pytest.raises(ValueError, match=r"4 rows and layers 0\.\.3, the run for 4 rows and layers 0\.\.5"):
         engine.run(state, schedule)
+    with pytest.raises(ValueError, match=r"for 4 rows .* the run for 3 rows"):
+        engine.run(state.select([0, 1, 2]), schedule, stop=4)
 
 
 def test_generation_with_a_decider_equals_generation_on_the_paths_it_chose(family_model):
@@ -166,6 +168,9 @@ def test_generation_with_a_decider_equals_generation_on_the_paths_it_chose(famil
     assert torch.equal(routed.tokens, fixed.tokens)
     for ours, theirs in zip(routed.step_logits, fixed.step_logits, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match=r"0\.\.2, got \[3, 3, 3\] at layer 0"):
+        engine.generate(ids, None, mask, max_new_tokens=2, decide=lambda layer, hidden: torch.full((3,), 3))
 
 
 def test_generation_on_the_default_path_equals_transformers_generate():
