@@ -4,6 +4,10 @@ The registered model is named after the base model (drllm-<model>). Its model co
 calibrate stage chose (metrics/knob.json), so the version serves at the knob `evaluate` measured. A version is
 keyed by the routers' content hash and that knob, so a router set DVC restores from its run cache is
 registered exactly once, however often this runs. Reads params `model`.
+
+Writes --out (default models/registered.json: name, version, alias, knob, store), which git ignores: a fresh
+clone lacks it, so its `dvc repro` registers the routers in its own store even when every other output
+reproduces from dvc.lock.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ def main() -> None:
     args.add_argument("--routers", required=True, help="e.g. models/routers/mcts")
     args.add_argument("--knob", default="metrics/knob.json", help="the calibrate stage's output")
     args.add_argument("--alias", default="candidate")
+    args.add_argument("--out", default="models/registered.json", help="the registered version, as a record")
     args = args.parse_args()
     params = load_params(args.params)
     config = io.read_json(f"{args.routers}/config.json")
@@ -28,6 +33,16 @@ def main() -> None:
     version, newly = tracking.register_routers(
         args.routers, name, digest, section(params, "model"), knob, args.alias, {"drllm.routers_hash": digest}
     )
+    record = {
+        "name": name,
+        "version": version.version,
+        "alias": args.alias,
+        "knob": knob,
+        "routers_hash": digest,
+        "model_uri": f"models:/{name}/{version.version}",
+        "tracking_uri": tracking.tracking_uri(),
+    }
+    io.write_json(args.out, record)
     state = "registered" if newly else "already registered"
     log.info(
         "%s %s version %s (routers %s, knob %+g), alias %s",

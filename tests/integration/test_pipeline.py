@@ -188,3 +188,21 @@ def test_report_renders_in_headless_chromium_with_the_evaluate_metrics(pipeline)
     for key, values in evaluation["configs"].items():
         for column in ("accuracy", "ci_low", "ci_high", "blocks_per_token"):
             assert float(shown[key][column]) == pytest.approx(values[column], abs=1e-4), (key, column)
+
+
+def test_a_fresh_clone_registers_the_routers_in_its_own_store(pipeline):
+    """A fresh clone has dvc.lock and the committed metrics, so calibrate need not rerun when the routers
+    reproduce exactly; its empty MLflow store must still get the routers: register's record is not committed."""
+    work, env, _ = pipeline
+    (work / "models/registered.json").unlink()
+    fresh = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{work.parent / 'fresh-clone-mlflow.db'}"}
+    done = _sh(["dvc", "repro"], work, fresh)
+    assert "Running stage 'register'" in done.stdout and "Running stage 'calibrate'" not in done.stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=fresh["MLFLOW_TRACKING_URI"])
+    (registered,) = client.search_registered_models()
+    candidate = client.get_model_version_by_alias(registered.name, "candidate")
+    record = json.loads((work / "models/registered.json").read_text())
+    assert record["model_uri"] == f"models:/{registered.name}/{candidate.version}"
+    assert record["tracking_uri"] == fresh["MLFLOW_TRACKING_URI"]
