@@ -290,7 +290,7 @@ class PathEngine:
             schedule = (
                 paths
                 if isinstance(paths, Schedule)
-                else self.schedule(self.counts_tensor(paths, state.batch_size), state.layer, stop)
+                else self.schedule(self.counts_tensor(paths), state.layer, stop)
             )
             asked = (state.batch_size, state.layer, stop)
             if (schedule.batch, schedule.start, schedule.stop) != asked:
@@ -371,7 +371,7 @@ class PathEngine:
         if decide is not None:
             counts = torch.ones(batch, self.num_layers, dtype=torch.long)
         else:
-            counts = self.counts_tensor(self.default_paths(batch) if paths is None else paths, batch)
+            counts = self.counts_tensor(self.default_paths(batch) if paths is None else paths)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(self.device)
@@ -406,18 +406,12 @@ class PathEngine:
     def default_paths(self, batch: int) -> Tensor:
         return torch.ones(batch, self.num_layers, dtype=torch.long)
 
-    def counts_tensor(self, paths: PathsLike, batch: int) -> Tensor:
-        """(B, L) int64 counts on the CPU (decisions are read on the host to pick rows)."""
+    def counts_tensor(self, paths: PathsLike) -> Tensor:
+        """(B, L) int64 counts on the CPU (decisions are read on the host to pick rows). `schedule` checks
+        their shape and values, and `run` that their rows are the state's."""
         if isinstance(paths, Tensor):
-            counts = paths.detach().to("cpu", torch.long)
-        else:
-            counts = torch.tensor([list(p.counts) for p in paths], dtype=torch.long)
-        if counts.shape != (batch, self.num_layers):
-            raise ValueError(
-                f"expected one path of {self.num_layers} layer counts per row for {batch} rows, "
-                f"got counts of shape {tuple(counts.shape)}"
-            )
-        return counts
+            return paths.detach().to("cpu", torch.long)
+        return torch.tensor([list(p.counts) for p in paths], dtype=torch.long)
 
 
 def _rows(tensor: Tensor | None, rows: Tensor | None) -> Tensor | None:

@@ -210,3 +210,7 @@ def test_bad_paths_are_refused_with_the_shape():
         engine.forward(ids, torch.tensor([[1, 1, 1]]))
     with pytest.raises(ValueError, match=r"0\.\.2"):
         engine.forward(ids, torch.tensor([[1, 3, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"for 2 rows .* the run for 1 rows"):
+        engine.forward(ids, torch.ones(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"for 2 rows .* the run for 1 rows"):
+        engine.generate(ids, torch.ones(2, 6, dtype=torch.long), max_new_tokens=2)
