@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from drllm_core.paths import LayerPath, longest_skip_run
+from drllm_core.paths import PAPER_CONSTRAINTS, LayerPath, PathConstraints, longest_skip_run
 
 REQUIRED = {
     "example_id": "str",
@@ -85,8 +85,15 @@ def derived_columns(
     return frame
 
 
-def _expectations(frame: pd.DataFrame, num_layers: int, min_examples: int, shares: dict[str, ShareBounds]):
-    """(name, level, description, expectation) for every check whose input columns exist."""
+def _expectations(
+    frame: pd.DataFrame,
+    num_layers: int,
+    min_examples: int,
+    shares: dict[str, ShareBounds],
+    constraints: PathConstraints,
+):
+    """(name, level, description, expectation) for every check whose input columns exist; the path limits are
+    the ones the search ran under (`search.max_skip_run`, `search.max_blocks`)."""
     import great_expectations as gx
 
     E = gx.expectations
@@ -138,6 +145,7 @@ def _expectations(frame: pd.DataFrame, num_layers: int, min_examples: int, share
             ),
         ]
     if "labels" in frame:
+        budget = constraints.max_blocks if constraints.max_blocks is not None else 2 * num_layers
         checks += [
             (
                 "label length",
@@ -160,18 +168,23 @@ def _expectations(frame: pd.DataFrame, num_layers: int, min_examples: int, share
                 E.ExpectColumnValuesToBeBetween(column="labels_max", min_value=0, max_value=2),
             ),
             (
-                "skip runs",
-                "fail",
-                "no run of more than 2 consecutive skipped layers",
-                E.ExpectColumnValuesToBeBetween(column="longest_skip_run", min_value=0, max_value=2),
-            ),
-            (
                 "path length",
                 "fail",
-                f"a path executes at most 2L = {2 * num_layers} blocks",
-                E.ExpectColumnValuesToBeBetween(column="path_blocks", min_value=0, max_value=2 * num_layers),
+                f"a path executes at most {budget} blocks (search.max_blocks; null: 2L)",
+                E.ExpectColumnValuesToBeBetween(column="path_blocks", min_value=0, max_value=budget),
             ),
         ]
+        if constraints.max_skip_run is not None:
+            checks.append(
+                (
+                    "skip runs",
+                    "fail",
+                    f"no run of more than {constraints.max_skip_run} consecutive skipped layers (search.max_skip_run)",
+                    E.ExpectColumnValuesToBeBetween(
+                        column="longest_skip_run", min_value=0, max_value=constraints.max_skip_run
+                    ),
+                )
+            )
         for kind, bounds in shares.items():
             for level in ("fail", "warn"):
                 low, high = getattr(bounds, level)
@@ -205,7 +218,11 @@ def _expectations(frame: pd.DataFrame, num_layers: int, min_examples: int, share
 
 
 def run_suite(
-    frame: pd.DataFrame, num_layers: int, min_examples: int, shares: dict[str, ShareBounds]
+    frame: pd.DataFrame,
+    num_layers: int,
+    min_examples: int,
+    shares: dict[str, ShareBounds],
+    constraints: PathConstraints = PAPER_CONSTRAINTS,
 ) -> list[CheckResult]:
     """Validate the derived frame with an ephemeral GX context; one CheckResult per expectation."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -218,7 +235,7 @@ def run_suite(
         .add_dataframe_asset("paths")
         .add_batch_definition_whole_dataframe("all")
     )
-    checks = _expectations(frame, num_layers, min_examples, shares)
+    checks = _expectations(frame, num_layers, min_examples, shares, constraints)
     suite = context.suites.add(gx.ExpectationSuite(name="path_labels"))
     for name, level, description, expectation in checks:
         expectation.meta = {"name": name, "level": level, "description": description}

@@ -3,7 +3,8 @@
 Checks data/paths/<strategy>/paths.parquet with the suite in drllm_core/label_checks.py and writes
 reports/validation/<strategy>/result.json (a DVC metric) and report.html. Exits non-zero, naming every failed
 expectation and a few offending example ids, when a fail-level check fails, so `dvc repro` stops before
-training. Reads params `model` (layer count) and `validate`.
+training. Reads params `model` (layer count), `search` (the path limits the labels were searched under) and
+`validate`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from drllm_core import io, tracking
 from drllm_core.errors import DrllmError
 from drllm_core.label_checks import CheckResult, ShareBounds, derived_columns, run_suite
 from drllm_core.models import ModelSpec, load_config
+from drllm_core.paths import PathConstraints
 from pipeline.common import load_params, log, parser, run, section
 
 
@@ -70,7 +72,8 @@ def main() -> None:
     evaluation = [pd.read_parquet(prepared / f"{name}.parquet") for name in ("eval_id", "eval_ood")]
     shares = {kind: ShareBounds(tuple(b["warn"]), tuple(b["fail"])) for kind, b in settings["shares"].items()}
     frame = derived_columns(paths, search, evaluation)
-    checks = run_suite(frame, num_layers, int(settings["min_examples"]), shares)
+    constraints = PathConstraints.from_params(section(params, "search"))
+    checks = run_suite(frame, num_layers, int(settings["min_examples"]), shares, constraints)
     failed = [c for c in checks if not c.success and c.level == "fail"]
     warned = [c for c in checks if not c.success and c.level == "warn"]
     summary = {

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from drllm_core.label_checks import ShareBounds, derived_columns, run_suite
-from drllm_core.paths import LayerPath
+from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.tasks.schema import question_hash
 from tests.conftest import run_stage
 
@@ -43,14 +43,14 @@ def good_paths() -> pd.DataFrame:
     )
 
 
-def _check(paths, search=None, evaluation=None):
+def _check(paths, search=None, evaluation=None, constraints=PathConstraints()):
     default_search, default_eval = _sets()
     frame = derived_columns(
         paths,
         default_search if search is None else search,
         [default_eval if evaluation is None else evaluation],
     )
-    return run_suite(frame, L, 2, SHARES)
+    return run_suite(frame, L, 2, SHARES, constraints)
 
 
 def _failed(results):
@@ -91,6 +91,18 @@ def test_each_corruption_fails_naming_the_check_and_the_example(paths, check, of
     assert check in failed, sorted(failed)
     assert offender in failed[check].offending_ids
     assert offender in failed[check].message()
+
+
+def test_the_path_limits_are_the_ones_the_search_ran_under():
+    three_skips = _corrupt("labels", 3, [1, 0, 0, 0, 1, 1])
+    three_skips.at[3, "order"] = LayerPath((1, 0, 0, 0, 1, 1)).order
+    assert "skip runs" in _failed(_check(three_skips))
+    assert not _failed(_check(three_skips, constraints=PathConstraints(max_skip_run=3)))
+    unlimited = {r.name for r in _check(three_skips, constraints=PathConstraints(max_skip_run=None))}
+    assert "skip runs" not in unlimited
+    over_budget = _failed(_check(good_paths(), constraints=PathConstraints(max_blocks=6)))
+    assert over_budget["path length"].offending_ids == ["arc_easy/q1"]  # the only path with a repeat: 7 blocks
+    assert "at most 6 blocks" in over_budget["path length"].message()
 
 
 def test_a_leaked_id_or_question_fails():
@@ -135,6 +147,7 @@ def test_stage_exits_non_zero_and_names_failures(tmp_path):
     tiny_loaded().model.config.save_pretrained(tmp_path / "model")
     params = {
         "model": {"spec": str(tmp_path / "model")},
+        "search": {"max_skip_run": 2},
         "validate": {
             "min_examples": 2,
             "shares": {k: {"warn": list(v.warn), "fail": list(v.fail)} for k, v in SHARES.items()},
