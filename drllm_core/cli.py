@@ -5,8 +5,10 @@
 
 Both print one JSON object per input with the path each input took (per-layer counts: 0 skip, 1 execute,
 2 repeat) and the blocks executed per token; `score` ends with a summary line. Run from the repository root,
-they route at the knob the calibrate stage chose for these routers (metrics/knob.json) unless `--knob` is
-given, and `score` prompts and scores each task as params.yaml's `tasks` section says (as `evaluate` does).
+they route at the operating point the calibrate stage chose for these routers (metrics/knob.json: the knob
+and the skip-run limit) unless `--knob` is given, and prompt as params.yaml's `tasks` section says: `score`
+each task as `evaluate` does, `generate` in the routers' training format (`tasks.defaults.chat_template`)
+unless `--chat-template` or `--no-chat-template` is given.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import pandas as pd
 
 from drllm_core import io
 from drllm_core.errors import DrllmError
-from drllm_core.evaluation import calibrated_knob
+from drllm_core.evaluation import OperatingPoint, operating_point
 from drllm_core.inference import RoutedModel
 from drllm_core.models import DEFAULT_SPEC, ModelSpec, load_model
 from drllm_core.tasks.evaluator import examples_from_frame
+from drllm_core.tasks.prompts import default_settings
 
 CALIBRATED = "metrics/knob.json"  # written by the calibrate stage, relative to the repository root
 
@@ -43,14 +46,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "the one the pipeline evaluated, else 0)",
     )
     parser.add_argument("--force", action="store_true", help="use routers trained on another model")
+    parser.add_argument(
+        "--params",
+        default="params.yaml",
+        help="how tasks are prompted (and scored): its `tasks` section, if found",
+    )
 
 
-def default_knob(routers: str) -> float:
-    """The knob the calibrate stage chose when it calibrated these routers (same content hash), else 0."""
+def default_point(routers: str) -> OperatingPoint:
+    """The operating point the calibrate stage chose for these routers (same content hash), else knob 0 with
+    the paper's skip-run limit."""
     try:
-        return calibrated_knob(CALIBRATED, routers)[0]
+        return operating_point(CALIBRATED, routers)
     except DrllmError:  # not calibrated, or calibrated for other routers
-        return 0.0
+        return OperatingPoint(0.0, 2, [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,28 +71,31 @@ def main(argv: list[str] | None = None) -> int:
     _common(generate)
     generate.add_argument("prompts", nargs="+")
     generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--no-chat-template", action="store_true")
+    generate.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap prompts in the model's chat template (default: tasks.defaults.chat_template, as trained)",
+    )
     score = commands.add_parser("score", help="score prepared examples (parquet in the prepare schema)")
     _common(score)
     score.add_argument("--examples", required=True)
-    score.add_argument(
-        "--params",
-        default="params.yaml",
-        help="how tasks are prompted and scored: its `tasks` section, if found",
-    )
     score.add_argument("--limit", type=int, default=None)
     score.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     try:
         loaded = load_model(ModelSpec(spec=args.model, dtype=args.dtype, device=args.device))
-        knob = default_knob(args.routers) if args.knob is None else args.knob
-        print(f"routing at knob {knob:+g}", file=sys.stderr)
-        routed = RoutedModel.from_folder(loaded, args.routers, force=args.force, knob=knob)
+        point = default_point(args.routers)
+        knob = point.knob if args.knob is None else args.knob
+        print(f"routing at knob {knob:+g}, skip runs up to {point.max_skip_run}", file=sys.stderr)
+        routed = RoutedModel.from_folder(
+            loaded, args.routers, force=args.force, knob=knob, max_skip_run=point.max_skip_run
+        )
+        tasks = io.read_yaml(args.params).get("tasks") if Path(args.params).is_file() else None
         if args.command == "generate":
+            chat = default_settings(tasks).chat_template if args.chat_template is None else args.chat_template
             for prompt, answer in zip(
-                args.prompts,
-                routed.generate(args.prompts, args.max_new_tokens, not args.no_chat_template),
-                strict=True,
+                args.prompts, routed.generate(args.prompts, args.max_new_tokens, chat), strict=True
             ):
                 print(
                     json.dumps(
@@ -92,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
         else:
             examples = examples_from_frame(pd.read_parquet(args.examples))[: args.limit]
-            tasks = io.read_yaml(args.params).get("tasks") if Path(args.params).is_file() else None
             decisions = routed.score(routed.scorer(tasks), examples, args.batch_size)
             for example, decision in zip(examples, decisions, strict=True):
                 print(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -223,15 +224,30 @@ def calibrate_knob(
     return choose_knob_from(table, min_blocks_saved), table
 
 
-def calibrated_knob(path: str | Path, routers: str | Path) -> tuple[float, list[dict]]:
-    """The knob the calibrate stage wrote to `path` and its calibration table, refusing a file written for
-    other routers (their content hash differs)."""
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How a router set routes wherever it runs: the knob the calibrate stage chose and the skip-run limit
+    (search.max_skip_run) it was calibrated under. `evaluate` measures the routers there and `register` serves
+    them there, so the registered version behaves as evaluated."""
+
+    knob: float
+    max_skip_run: int | None
+    calibration: list[dict]
+
+
+def operating_point(path: str | Path, routers: str | Path) -> OperatingPoint:
+    """The operating point the calibrate stage wrote to `path`, refusing a file written for other routers
+    (their content hash differs) or by a version that did not record the skip-run limit."""
     if not Path(path).is_file():
         raise DrllmError(f"{path} not found: run `dvc repro calibrate` (it chooses the routers' knob)")
     chosen = io.read_json(path)
     if chosen.get("routers_hash") != routers_hash(routers):
         raise DrllmError(f"{path} was calibrated for other routers than {routers}: run `dvc repro calibrate`")
-    return float(chosen["knob"]), chosen.get("calibration", [])
+    if "max_skip_run" not in chosen:
+        raise DrllmError(
+            f"{path} does not record the skip-run limit: run `dvc repro calibrate` to rewrite it"
+        )
+    return OperatingPoint(float(chosen["knob"]), chosen["max_skip_run"], chosen.get("calibration", []))
 
 
 def accuracy_and_blocks_saved(decisions, num_layers: int) -> dict:

@@ -86,9 +86,10 @@ class RoutedModel:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], max_new_tokens: int = 64, chat_template: bool = True
+        self, prompts: Sequence[str], max_new_tokens: int = 64, chat_template: bool = False
     ) -> list[RoutedAnswer]:
-        """Greedy routed generation for raw prompts (wrapped in the chat template when asked and available)."""
+        """Greedy routed generation for raw prompts, wrapped in the chat template when asked and available (off
+        by default, as the default routers were trained: `tasks.defaults.chat_template`)."""
         tokenizer = self.loaded.tokenizer
         if chat_template and getattr(tokenizer, "chat_template", None):
             texts = [

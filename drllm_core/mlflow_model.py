@@ -2,13 +2,15 @@
 prompts with routed greedy generation (the same code path as drllm_core.inference.RoutedModel.generate).
 
 Input: a DataFrame with a `prompt` column. Output: `text`, `path` (per-layer counts) and `blocks` per prompt.
-Options in the model config: `max_new_tokens`, `knob` (register sets the calibrated one), `chat_template`;
-`params` at predict time override them.
+Options in the model config: `max_new_tokens`, and what register sets (drllm_core.tracking.Serving): `knob`
+and `max_skip_run` (the operating point `evaluate` measured) and `chat_template` (the prompt format the routers
+were trained on). `params` at predict time override `max_new_tokens`, `knob` and `chat_template`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -20,17 +22,17 @@ class RoutedLLM(PythonModel):
     def load_context(self, context):
         from drllm_core.inference import RoutedModel
         from drllm_core.models import ModelSpec, load_model
+        from drllm_core.tracking import Serving
 
         folder = context.artifacts["routers"]
         config = json.loads((Path(folder) / "config.json").read_text())
-        self.options = {
-            "max_new_tokens": 64,
-            "knob": 0.0,
-            "chat_template": True,
-            **(context.model_config or {}),
-        }
+        self.options = {"max_new_tokens": 64, **asdict(Serving()), **(context.model_config or {})}
         model_params = self.options.pop("model", None) or {"spec": config["base_model"]}
-        self.routed = RoutedModel.from_folder(load_model(ModelSpec.from_params(model_params)), folder)
+        self.routed = RoutedModel.from_folder(
+            load_model(ModelSpec.from_params(model_params)),
+            folder,
+            max_skip_run=self.options.pop("max_skip_run"),
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         options = {**self.options, **(params or {})}

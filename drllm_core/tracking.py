@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 EXPERIMENT = "drllm"
@@ -83,6 +84,18 @@ ROUTERS_HASH_TAG = "drllm.routers_hash"
 KNOB_TAG = "drllm.knob"  # the routing knob a version serves at (its model config's default)
 
 
+@dataclass(frozen=True)
+class Serving:
+    """How a registered version routes and prompts unless a prediction says otherwise: the operating point
+    `evaluate` measured (knob, skip-run limit) and the prompt format the routers were trained on. The skip-run
+    limit and the prompt format are fixed by the routers' labels and features, so a version is keyed by the
+    routers' hash and the knob only."""
+
+    knob: float = 0.0
+    max_skip_run: int | None = 2
+    chat_template: bool = False
+
+
 def registered_model_name(base_model_name: str) -> str:
     return f"drllm-{base_model_name}"
 
@@ -111,18 +124,18 @@ def register_routers(
     name: str,
     routers_hash: str,
     model_params: dict,
-    knob: float = 0.0,
+    serving: Serving = Serving(),
     alias: str = "candidate",
     tags: dict | None = None,
 ):
-    """Log the router set as a pyfunc serving at `knob` and register it as a version of `name` with `alias`; a
-    router set already registered at that knob (same content hash) is not registered again. Returns
+    """Log the router set as a pyfunc serving as `serving` says and register it as a version of `name` with
+    `alias`; a router set already registered at that knob (same content hash) is not registered again. Returns
     (version, newly_registered)."""
     mlflow = configure()
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    existing = find_version(name, routers_hash, knob)
+    existing = find_version(name, routers_hash, serving.knob)
     if existing is None:
         model_file = Path(__file__).with_name("mlflow_model.py")
         with mlflow.start_run(run_name=f"register-{name}", tags={"drllm.stage": "register", **(tags or {})}):
@@ -130,15 +143,15 @@ def register_routers(
                 name="routed_llm",
                 python_model=str(model_file),
                 artifacts={"routers": str(folder)},
-                model_config={"model": model_params, "knob": knob},
+                model_config={"model": model_params, **asdict(serving)},
                 code_paths=[str(model_file.parent)],
-                signature=_signature(knob),
+                signature=_signature(serving),
                 pip_requirements=_requirements(),
                 registered_model_name=name,
             )
         version = client.get_model_version(name, info.registered_model_version)
         client.set_model_version_tag(name, version.version, ROUTERS_HASH_TAG, routers_hash)
-        client.set_model_version_tag(name, version.version, KNOB_TAG, str(knob))
+        client.set_model_version_tag(name, version.version, KNOB_TAG, str(serving.knob))
         version, newly = client.get_model_version(name, version.version), True  # with its tags
     else:
         version, newly = existing, False
@@ -146,9 +159,9 @@ def register_routers(
     return version, newly
 
 
-def _signature(knob: float):
+def _signature(serving: Serving):
     """Prompts in; text, path and blocks out; generation options as inference-time params. MLflow fills in a
-    param's default when a prediction leaves it out, so the knob's default must be the version's own."""
+    param's default when a prediction leaves it out, so the defaults must be the version's own."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -157,7 +170,7 @@ def _signature(knob: float):
         pd.DataFrame(
             {"text": ["an answer"], "path": [[1.0, 0.0, 2.0]], "blocks": [3.0]}
         ),  # floats: no int-NaN warning
-        params={"max_new_tokens": 64, "knob": float(knob), "chat_template": True},
+        params={"max_new_tokens": 64, "knob": float(serving.knob), "chat_template": serving.chat_template},
     )
 
 

@@ -3,9 +3,10 @@
 With `calibrate.knob: auto` the routers route `examples` search questions the search did not use (held out
 from the labels; never the test sets) at every knob of `grid`, and the knob that skips least while saving at
 least `min_blocks_saved` blocks per token is chosen (drllm_core.evaluation.choose_knob_from says why not the
-most accurate one). A number instead of auto is used as it is. Writes metrics/knob.json (the routers' hash,
-the knob, the calibration table): `register` stores the knob in the registered model, so the version users
-load serves at the knob `evaluate` measured and `promote` gated. Reads params `model`, `tasks`, `search`
+most accurate one). A number instead of auto is used as it is. Writes metrics/knob.json, the routers'
+operating point (drllm_core.evaluation.OperatingPoint: the routers' hash, the knob, the skip-run limit
+`search.max_skip_run`, the calibration table): `register` stores it in the registered model, so the version
+users load serves where `evaluate` measured and `promote` gated. Reads params `model`, `tasks`, `search`
 (which questions it used, the skip-run limit) and `calibrate`.
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
     params = load_params(args.params)
     settings, search = section(params, "calibrate"), section(params, "search")
     digest = routers_hash(args.routers)
+    skip_run = PathConstraints.from_params(search).max_skip_run
     table, held_out = [], []
     if settings["knob"] == "auto":
         search_set = examples_from_frame(pd.read_parquet(Path(args.prepared) / "search.parquet"))
@@ -45,7 +47,6 @@ def main() -> None:
                 "or set calibrate.knob to a number"
             )
         loaded = load_model(ModelSpec.from_params(section(params, "model")))
-        skip_run = PathConstraints.from_params(search).max_skip_run
         routed = RoutedModel.from_folder(loaded, args.routers, max_skip_run=skip_run)
         knob, table = calibrate_knob(
             routed.scorer(params.get("tasks")),
@@ -64,7 +65,14 @@ def main() -> None:
         if not -1.0 <= knob <= 1.0:
             raise DrllmError(f"calibrate.knob must be auto or a number in [-1, 1], got {settings['knob']!r}")
     io.write_json(
-        args.out, {"routers_hash": digest, "knob": knob, "examples": len(held_out), "calibration": table}
+        args.out,
+        {
+            "routers_hash": digest,
+            "knob": knob,
+            "max_skip_run": skip_run,
+            "examples": len(held_out),
+            "calibration": table,
+        },
     )
     with tracking.stage_run("calibrate", {"calibrate": settings}, {"drllm.routers_hash": digest}):
         import mlflow

@@ -5,7 +5,7 @@ blocks), metrics/eval.json (per configuration, set and task: accuracy with its 9
 saved share; paired comparisons with McNemar tests), plots/eval/pareto.csv and metrics/speed.json. Every
 (configuration, question) result is checkpointed, so a long evaluation resumes. One MLflow run per
 configuration, tagged with the router set it evaluated. Dr.LLM (`drllm`) runs at the knob the calibrate stage
-chose (metrics/knob.json). Reads params `model`, `tasks`, `search` (constraints), `evaluate`. Configurations
+chose (metrics/knob.json, under the skip-run limit recorded there). Reads params `model`, `tasks`, `search` (constraints), `evaluate`. Configurations
 are described in drllm_core/evaluation.py.
 """
 
@@ -22,12 +22,13 @@ from tqdm import tqdm
 from drllm_core import io, tracking
 from drllm_core.checkpoint import Checkpoint, content_key
 from drllm_core.engine import PathEngine
+from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
     best_static_path,
     block_influence,
-    calibrated_knob,
     compare,
     lowest_influence_path,
+    operating_point,
     random_paths,
     result_rows,
     summarize,
@@ -161,9 +162,14 @@ def main() -> None:
 
     routers_root = Path(args.routers)
     main_routers = str(routers_root / "mcts")
+    point = operating_point(args.knob, main_routers)
+    knob, skip_run = point.knob, evaluator.constraints.max_skip_run
+    if point.max_skip_run != skip_run:
+        raise DrllmError(
+            f"{args.knob} was calibrated with search.max_skip_run {point.max_skip_run}, params.yaml now says "
+            f"{skip_run}: run `dvc repro calibrate` first"
+        )
     evaluate(Configuration("vanilla", all_sets, {"kind": "vanilla"}, path=LayerPath.default(layers)))
-    knob, calibration = calibrated_knob(args.knob, main_routers)
-    skip_run = evaluator.constraints.max_skip_run
     drllm = evaluate(routed_configuration("drllm", all_sets, main_routers, knob, skip_run))
     for value in [v for v in settings.get("knob_sweep") or [] if float(v) != knob]:  # knob: the drllm row
         name = f"drllm_knob_{value:+g}"  # full precision: close sweep values never collide
@@ -229,7 +235,7 @@ def main() -> None:
         "num_layers": layers,
         "routers_hash": routers_hash(main_routers),
         "knob": knob,
-        "knob_calibration": calibration,
+        "knob_calibration": point.calibration,
         "static_skips": skips,
         "shortgpt_bi_path": str(bi_path),
         "best_static_path": str(static_path),

@@ -1,9 +1,10 @@
 """Stage `register`: put the trained routers into the MLflow model registry as a pyfunc, alias `candidate`.
 
-The registered model is named after the base model (drllm-<model>). Its model config holds the knob the
-calibrate stage chose (metrics/knob.json), so the version serves at the knob `evaluate` measured. A version is
-keyed by the routers' content hash and that knob, so a router set DVC restores from its run cache is
-registered exactly once, however often this runs. Reads params `model`.
+The registered model is named after the base model (drllm-<model>). Its model config holds the operating
+point the calibrate stage wrote (metrics/knob.json: knob and skip-run limit) and the prompt format the routers
+were trained on (`tasks.defaults.chat_template`), so the version serves as `evaluate` measured. A version is
+keyed by the routers' content hash and that operating point, so a router set DVC restores from its run cache
+is registered exactly once, however often this runs. Reads params `model` and `tasks`.
 
 Writes --out (default models/registered.json: name, version, alias, knob, store), which git ignores: a fresh
 clone lacks it, so its `dvc repro` registers the routers in its own store even when every other output
@@ -13,8 +14,9 @@ reproduces from dvc.lock.
 from __future__ import annotations
 
 from drllm_core import io, tracking
-from drllm_core.evaluation import calibrated_knob
+from drllm_core.evaluation import operating_point
 from drllm_core.routers import routers_hash
+from drllm_core.tasks.prompts import default_settings
 from pipeline.common import load_params, log, parser, run, section
 
 
@@ -29,15 +31,26 @@ def main() -> None:
     config = io.read_json(f"{args.routers}/config.json")
     name = tracking.registered_model_name(config["base_model_name"])
     digest = routers_hash(args.routers)
-    knob, _ = calibrated_knob(args.knob, args.routers)
+    point = operating_point(args.knob, args.routers)
+    serving = tracking.Serving(
+        point.knob, point.max_skip_run, default_settings(params.get("tasks")).chat_template
+    )
     version, newly = tracking.register_routers(
-        args.routers, name, digest, section(params, "model"), knob, args.alias, {"drllm.routers_hash": digest}
+        args.routers,
+        name,
+        digest,
+        section(params, "model"),
+        serving,
+        args.alias,
+        {"drllm.routers_hash": digest},
     )
     record = {
         "name": name,
         "version": version.version,
         "alias": args.alias,
-        "knob": knob,
+        "knob": point.knob,
+        "max_skip_run": point.max_skip_run,
+        "chat_template": serving.chat_template,
         "routers_hash": digest,
         "model_uri": f"models:/{name}/{version.version}",
         "tracking_uri": tracking.tracking_uri(),
@@ -45,12 +58,13 @@ def main() -> None:
     io.write_json(args.out, record)
     state = "registered" if newly else "already registered"
     log.info(
-        "%s %s version %s (routers %s, knob %+g), alias %s",
+        "%s %s version %s (routers %s, knob %+g, skip runs up to %s), alias %s",
         state,
         name,
         version.version,
         digest,
-        knob,
+        point.knob,
+        point.max_skip_run,
         args.alias,
     )
 

@@ -40,6 +40,11 @@ class TaskSettings:
             raise ValueError(f"unknown metric {self.metric!r}; use acc or acc_norm")
 
 
+def default_settings(params: dict | None) -> TaskSettings:
+    """`tasks.defaults` alone: how a task without its own section is prompted (and raw prompts are served)."""
+    return settings_for("", {"defaults": (params or {}).get("defaults", {})})
+
+
 def settings_for(task: str, params: dict | None) -> TaskSettings:
     """`tasks.defaults` overlaid with `tasks.<task>` from params.yaml."""
     params = params or {}

@@ -106,13 +106,16 @@ def test_registration_over_http_is_keyed_by_hash_and_the_pyfunc_matches_routed_g
     assert list(served["text"]) == [a.text for a in local]
     assert [list(p) for p in served["path"]] == [list(a.path) for a in local]
     # the same routers at another knob are another version, which serves at that knob by default
-    skipping, new = tracking.register_routers(folder, "drllm-tiny", digest, model_params, knob=-0.6)
+    serving = tracking.Serving(knob=-0.6, max_skip_run=1)
+    skipping, new = tracking.register_routers(folder, "drllm-tiny", digest, model_params, serving)
     assert new and skipping.version != first.version and skipping.tags["drllm.knob"] == "-0.6"
     assert tracking.find_version("drllm-tiny", digest, -0.6).version == skipping.version
     served = mlflow.pyfunc.load_model(f"models:/drllm-tiny/{skipping.version}").predict(
         pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 6}
     )
-    local = RoutedModel.from_folder(loaded, folder, knob=-0.6).generate(prompts, max_new_tokens=6)
+    local = RoutedModel.from_folder(loaded, folder, knob=-0.6, max_skip_run=1).generate(
+        prompts, max_new_tokens=6
+    )
     assert [list(p) for p in served["path"]] == [list(a.path) for a in local]
     assert sum(map(sum, served["path"])) < 2 * 6  # knob -0.6 skips: the served paths are not the default
 

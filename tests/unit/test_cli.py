@@ -85,10 +85,35 @@ def test_the_default_knob_is_the_one_calibrated_for_these_routers(tmp_path, caps
     generate = ["generate", "--routers", routers, "--model", model, "--max-new-tokens", "2", "Hi"]
     assert cli.main(generate) == 0
     assert "routing at knob +0" in capsys.readouterr().err  # nothing calibrated: the routers' own argmax
-    io.write_json(tmp_path / "metrics/knob.json", {"routers_hash": routers_hash(routers), "knob": -0.6})
+    point = {"routers_hash": routers_hash(routers), "knob": -0.6, "max_skip_run": 2}
+    io.write_json(tmp_path / "metrics/knob.json", point)
     assert cli.main(generate) == 0
     out = capsys.readouterr()
     assert "routing at knob -0.6" in out.err and json.loads(out.out)["path"] == [0, 0, 1, 0, 0, 1]
     io.write_json(tmp_path / "metrics/knob.json", {"routers_hash": "other routers", "knob": -0.6})
     assert cli.main(generate) == 0 and "routing at knob +0" in capsys.readouterr().err
     assert cli.main([*generate, "--knob", "-0.6"]) == 0 and "knob -0.6" in capsys.readouterr().err
+
+
+def test_generate_serves_the_calibrated_skip_run_limit_and_the_training_prompt_format(
+    tmp_path, capsys, monkeypatch
+):
+    model, routers = _project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    generate = ["generate", "--routers", routers, "--model", model, "--max-new-tokens", "4", "Hi there"]
+    point = {"routers_hash": routers_hash(routers), "knob": -0.6, "max_skip_run": 1}
+    io.write_json(tmp_path / "metrics/knob.json", point)
+    assert cli.main(generate) == 0
+    out = capsys.readouterr()
+    assert "skip runs up to 1" in out.err and json.loads(out.out)["path"] == [0, 1, 0, 1, 0, 1]
+
+    def answer(*options):
+        assert cli.main([*generate, *options]) == 0
+        line = json.loads(capsys.readouterr().out)
+        return line["text"], line["path"]
+
+    plain, chat = answer("--no-chat-template"), answer("--chat-template")
+    assert plain != chat  # the template changes what the routers and the model read
+    assert answer() == plain  # default: tasks.defaults.chat_template, false when params.yaml says nothing
+    (tmp_path / "params.yaml").write_text("tasks:\n  defaults: {chat_template: true}\n")
+    assert answer() == chat

@@ -11,11 +11,12 @@ from drllm_core import io
 from drllm_core.engine import PathEngine
 from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
+    OperatingPoint,
     best_static_path,
     block_influence,
-    calibrated_knob,
     compare,
     lowest_influence_path,
+    operating_point,
     random_paths,
     result_rows,
     summarize,
@@ -153,12 +154,16 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
     assert written == {
         "routers_hash": routers_hash(tmp_path / "r"),
         "knob": 0.1,
+        "max_skip_run": 2,
         "examples": 0,
         "calibration": [],
     }
-    assert calibrated_knob(str(tmp_path / "k.json"), str(tmp_path / "r")) == (0.1, [])
+    assert operating_point(str(tmp_path / "k.json"), str(tmp_path / "r")) == OperatingPoint(0.1, 2, [])
     RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=5)).save(tmp_path / "other")
     with pytest.raises(DrllmError, match="not found: run `dvc repro calibrate`"):
-        calibrated_knob(str(tmp_path / "missing.json"), str(tmp_path / "r"))
+        operating_point(str(tmp_path / "missing.json"), str(tmp_path / "r"))
     with pytest.raises(DrllmError, match="calibrated for other routers"):
-        calibrated_knob(str(tmp_path / "k.json"), str(tmp_path / "other"))
+        operating_point(str(tmp_path / "k.json"), str(tmp_path / "other"))
+    io.write_json(tmp_path / "old.json", {k: v for k, v in written.items() if k != "max_skip_run"})
+    with pytest.raises(DrllmError, match="does not record the skip-run limit"):
+        operating_point(str(tmp_path / "old.json"), str(tmp_path / "r"))

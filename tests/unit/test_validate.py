@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from drllm_core.label_checks import ShareBounds, derived_columns, run_suite
-from drllm_core.paths import LayerPath, PathConstraints
+from drllm_core.paths import PAPER_CONSTRAINTS, LayerPath, PathConstraints
 from drllm_core.tasks.schema import question_hash
 from tests.conftest import run_stage
 
@@ -43,7 +43,7 @@ def good_paths() -> pd.DataFrame:
     )
 
 
-def _check(paths, search=None, evaluation=None, constraints=PathConstraints()):
+def _check(paths, search=None, evaluation=None, constraints=PAPER_CONSTRAINTS):
     default_search, default_eval = _sets()
     frame = derived_columns(
         paths,
@@ -101,7 +101,7 @@ def test_the_path_limits_are_the_ones_the_search_ran_under():
     unlimited = {r.name for r in _check(three_skips, constraints=PathConstraints(max_skip_run=None))}
     assert "skip runs" not in unlimited
     over_budget = _failed(_check(good_paths(), constraints=PathConstraints(max_blocks=6)))
-    assert over_budget["path length"].offending_ids == ["arc_easy/q1"]  # the only path with a repeat: 7 blocks
+    assert over_budget["path length"].offending_ids == ["arc_easy/q1"]  # its repeat makes 7 blocks
     assert "at most 6 blocks" in over_budget["path length"].message()
 
 
