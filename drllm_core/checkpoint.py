@@ -3,8 +3,10 @@
 Long stages (search, evaluate) write each finished item here as soon as it is done; after a crash or a kill
 a re-run reads the file back and skips what is there. A line torn by a crash is dropped on reading (and the
 file rewritten without it), so nothing is half-counted; items are keyed by id, so nothing is duplicated.
-The file name carries a hash of everything the results depend on, so results computed under other
-parameters, another model or other data are never reused.
+The file name (checkpoint_path) carries a hash of everything the results depend on and a hash of the code
+that computed them, so results computed under other parameters, another model, other data or other code are
+never reused: after a scoring or routing fix, DVC reruns the stage and the rerun starts afresh instead of
+reloading rows the old code wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ from drllm_core import io
 def content_key(*parts) -> str:
     """A short hash of JSON-serialisable parts (parameters, model fingerprint, data hash...)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_version(package: Path = Path(__file__).parent) -> str:
+    """A short hash of the source files of a package (by default drllm_core)."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def checkpoint_path(folder: str | Path, name: str, key: str) -> Path:
+    """Where the checkpoint of `name` under content key `key` lives for the current code."""
+    return Path(folder) / f"{name}-{key}-code{code_version()}.jsonl"
 
 
 class Checkpoint:

@@ -24,8 +24,6 @@ from drllm_core.tasks.evaluator import ExampleScorer, eos_token_ids
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scoring import Decision
 
-ROUTING_VERSION = 3  # bump when the same routers and knob would route differently (keys of saved results)
-
 
 @dataclass
 class RoutedAnswer:

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from drllm_core import io, tracking
-from drllm_core.checkpoint import Checkpoint, content_key
+from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.engine import PathEngine
 from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
@@ -33,7 +33,7 @@ from drllm_core.evaluation import (
     result_rows,
     summarize,
 )
-from drllm_core.inference import ROUTING_VERSION, RoutedModel
+from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import EVAL_SETS, sample
@@ -62,7 +62,6 @@ def routed_configuration(
         "routers": routers_hash(folder),
         "knob": knob,
         "max_skip_run": max_skip_run,
-        "routing_version": ROUTING_VERSION,
     }
     return Configuration(name, sets, identity, folder, knob)
 
@@ -105,10 +104,13 @@ class Evaluator:
                 config.identity,
                 self.fingerprint,
                 str(self.loaded.dtype),
+                self.loaded.device.type,
                 {t: settings_for(t, self.task_params) for t in tasks},
                 self.manifest["sets"][set_name]["sha256"],
             )
-            with Checkpoint(self.checkpoints / f"{config.name}-{set_name}-{key}.jsonl") as checkpoint:
+            with Checkpoint(
+                checkpoint_path(self.checkpoints, f"{config.name}-{set_name}", key)
+            ) as checkpoint:
                 todo = [e for e in examples if e.example_id not in checkpoint]
                 bar = tqdm(
                     total=len(examples),

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from drllm_core import io, tracking
-from drllm_core.checkpoint import Checkpoint, content_key
+from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.labels import LabelRule, label_statistics, labelled
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import sample
@@ -82,7 +82,7 @@ def main() -> None:
         manifest["sets"]["search"]["sha256"],
     )
     started = time.perf_counter()
-    with Checkpoint(checkpoints / f"{strategy}-{key}.jsonl") as checkpoint:
+    with Checkpoint(checkpoint_path(checkpoints, strategy, key)) as checkpoint:
         todo = [e for e in examples if e.example_id not in checkpoint]
         log.info(
             "search %s on %d examples (%d already done, checkpoint %s), %d simulations each, backend %s",
