@@ -25,6 +25,7 @@ from drllm_core.errors import DrllmError
 from drllm_core.evaluation import OperatingPoint, operating_point
 from drllm_core.inference import RoutedModel
 from drllm_core.models import DEFAULT_SPEC, ModelSpec, load_model
+from drllm_core.routers import check_knob
 from drllm_core.tasks.evaluator import examples_from_frame
 from drllm_core.tasks.prompts import default_settings
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = load_model(ModelSpec(spec=args.model, dtype=args.dtype, device=args.device))
         point = default_point(args.routers)
-        knob = point.knob if args.knob is None else args.knob
+        knob = point.knob if args.knob is None else check_knob(args.knob, "--knob")
         print(f"routing at knob {knob:+g}, skip runs up to {point.max_skip_run}", file=sys.stderr)
         routed = RoutedModel.from_folder(
             loaded, args.routers, force=args.force, knob=knob, max_skip_run=point.max_skip_run

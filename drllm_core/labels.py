@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from drllm_core.errors import ConfigError
 from drllm_core.paths import EXECUTE, LayerPath
 from drllm_core.search import shortest_first
 
@@ -36,9 +37,9 @@ class LabelRule:
 
     def __post_init__(self):
         if self.label_rule not in LABEL_RULES:
-            raise ValueError(f"unknown search.label_rule {self.label_rule!r}; use one of {LABEL_RULES}")
+            raise ConfigError(f"unknown search.label_rule {self.label_rule!r}; use one of {LABEL_RULES}")
         if not 0.5 < self.consensus_share <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"search.consensus_share must lie in (0.5, 1], got {self.consensus_share}: a layer's class must be"
                 " held by a majority of the correct paths"
             )

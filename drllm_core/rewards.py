@@ -21,10 +21,13 @@ import torch
 from torch import Tensor
 
 from drllm_core.engine import HiddenState, PathEngine
+from drllm_core.errors import ConfigError
 from drllm_core.paths import LayerPath
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scoring import PackedBatch, choice_loglikelihoods, decide_choice
+
+REWARDS = ("correct", "margin")  # 1 for a correct answer | only when gold wins by `margin` nats
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,8 @@ class PathRewards:
         margin: float = 0.0,
         max_cached_states: int = 4096,
     ):
-        if reward not in ("correct", "margin"):
-            raise ValueError(f"unknown reward {reward!r}; use correct or margin")
+        if reward not in REWARDS:
+            raise ConfigError(f"unknown reward {reward!r}; use one of {REWARDS}")
         self.scorer = scorer
         self.engine: PathEngine = scorer.engine
         self.example = example

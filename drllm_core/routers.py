@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from drllm_core import io
-from drllm_core.errors import DrllmError
+from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.paths import EXECUTE, REPEAT, SKIP
 
 NUM_CLASSES = 3  # skip, execute, repeat
@@ -246,9 +246,7 @@ def knob_decisions(logits: Sequence[Sequence[float]], knob: float) -> list[int]:
     executes (the base model's layer), at every knob.
     Plain Python on purpose: routing decides a few rows at every layer of every prefill, where each tensor
     operation's fixed cost exceeds the arithmetic."""
-    if not -1.0 <= knob <= 1.0:
-        raise ValueError(f"the routing knob must lie in [-1, 1], got {knob}")
-    scale, offset = _knob_mixture(knob)
+    scale, offset = _knob_mixture(check_knob(knob, "the routing knob"))
     decisions = []
     for row in logits:
         if not all(map(math.isfinite, row)):
@@ -261,6 +259,17 @@ def knob_decisions(logits: Sequence[Sequence[float]], knob: float) -> list[int]:
             row = [scale * w / total + o for w, o in zip(weights, offset, strict=True)]
         decisions.append(max(_TIE_ORDER, key=row.__getitem__))
     return decisions
+
+
+def check_knob(value, where: str) -> float:
+    """`value` as a routing knob, or a ConfigError naming where it came from."""
+    try:
+        knob = float(value)
+    except (TypeError, ValueError):
+        knob = math.nan
+    if not -1.0 <= knob <= 1.0:
+        raise ConfigError(f"{where} must be a number in [-1, 1], got {value!r}")
+    return knob
 
 
 def _knob_mixture(knob: float) -> tuple[float, tuple[float, ...]]:

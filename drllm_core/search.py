@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from drllm_core.errors import ConfigError
 from drllm_core.paths import EXECUTE, REPEAT, SKIP, LayerPath, PathConstraints
 from drllm_core.rewards import Outcome
 
@@ -66,9 +67,9 @@ class SearchConfig:
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown search strategy {self.strategy!r}; use one of {STRATEGIES}")
+            raise ConfigError(f"unknown search strategy {self.strategy!r}; use one of {STRATEGIES}")
         if self.simulations < 1 or self.parallel < 1:
-            raise ValueError("search.simulations and search.parallel must be at least 1")
+            raise ConfigError("search.simulations and search.parallel must be at least 1")
 
     @property
     def constraints(self) -> PathConstraints:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from drllm_core.engine import PathEngine
+from drllm_core.errors import ConfigError
 from drllm_core.models import LoadedModel
-from drllm_core.rewards import PathRewards
+from drllm_core.rewards import REWARDS, PathRewards
 from drllm_core.search import SearchConfig, example_rng, search
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
@@ -31,11 +32,19 @@ class RunnerConfig:
     workers: int | None = None  # Ray workers (None: one per GPU, else one per 2 CPUs)
     threads: int | None = None  # torch threads per process (None: torch's default locally, 1 per Ray worker)
 
+    def __post_init__(self):
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"unknown search.backend {self.backend!r}; use local or ray")
+
 
 @dataclass(frozen=True)
 class RewardConfig:
     reward: str = "correct"  # correct | margin
     margin: float = 0.0  # margin reward: gold must beat the best wrong choice by this much
+
+    def __post_init__(self):
+        if self.reward not in REWARDS:
+            raise ConfigError(f"unknown search.reward {self.reward!r}; use one of {REWARDS}")
 
 
 class ExampleSearcher:
@@ -91,11 +100,9 @@ def run_search(
         return
     if runner.backend == "local":
         records = run_local(make_searcher(), examples, runner.threads)
-    elif runner.backend == "ray":
+    else:
         from drllm_core.distributed import run_ray
 
         records = run_ray(examples, make_searcher, runner)
-    else:
-        raise ValueError(f"unknown search backend {runner.backend!r}; use local or ray")
     for record in records:
         on_record(record)

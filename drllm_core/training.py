@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from drllm_core.errors import ConfigError, config_from
 from drllm_core.routers import NUM_CLASSES, RouterConfig, RouterSet, pool_windows
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
@@ -74,8 +75,19 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, train_params: dict) -> TrainConfig:
-        """From the `train` section of params.yaml (its other keys, such as `routers`, are not training knobs)."""
-        return cls(**{f.name: train_params[f.name] for f in fields(cls) if f.name in train_params})
+        """From the `train` section of params.yaml (`routers` names the router sets: not a training knob)."""
+        return config_from(cls, "train", train_params, ignore=("routers",))
+
+    def __post_init__(self):
+        for name in ("bottleneck", "windows", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"train.val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"train.warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
 
 
 def effective_number_weights(labels: Tensor, beta: float) -> Tensor:

@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from drllm_core import io, tracking
-from drllm_core.errors import DrllmError
+from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.evaluation import calibrate_knob, held_out_search_questions
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.paths import PathConstraints
-from drllm_core.routers import routers_hash
+from drllm_core.routers import check_knob, routers_hash
 from drllm_core.tasks.evaluator import examples_from_frame
 from pipeline.common import load_params, log, parser, run, section
 
@@ -39,6 +39,9 @@ def main() -> None:
     skip_run = PathConstraints.from_params(search).max_skip_run
     table, held_out = [], []
     if settings["knob"] == "auto":
+        grid = [check_knob(value, "calibrate.grid") for value in settings.get("grid") or []]
+        if not grid:
+            raise ConfigError("calibrate.grid is empty: list the knobs to try, e.g. [0.0, 0.1, 0.12, 0.14]")
         search_set = examples_from_frame(pd.read_parquet(Path(args.prepared) / "search.parquet"))
         held_out = held_out_search_questions(search_set, search, int(settings["examples"]))
         if not held_out:
@@ -52,7 +55,7 @@ def main() -> None:
             routed.scorer(params.get("tasks")),
             routed,
             held_out,
-            settings["grid"],
+            grid,
             float(settings["min_blocks_saved"]),
             int(settings["batch_size"]),
         )

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from drllm_core import io, tracking
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.engine import PathEngine
-from drllm_core.errors import DrllmError
+from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.evaluation import (
     best_static_path,
     block_influence,
@@ -37,7 +37,7 @@ from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import EVAL_SETS, sample
-from drllm_core.routers import routers_hash
+from drllm_core.routers import check_knob, routers_hash
 from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
 from drllm_core.tasks.prompts import settings_for
 from pipeline.common import SCORE_COLUMNS, load_params, log, parser, run, section
@@ -149,8 +149,28 @@ def main() -> None:
     args.add_argument("--plots", default="plots/eval")
     args = args.parse_args()
     params = load_params(args.params)
+    settings = section(params, "evaluate")
+    routers_root = Path(args.routers)
+    main_routers = str(routers_root / "mcts")
+    point = operating_point(args.knob, main_routers)
+    skip_run = PathConstraints.from_params(section(params, "search")).max_skip_run
+    if point.max_skip_run != skip_run:
+        raise DrllmError(
+            f"{args.knob} was calibrated with search.max_skip_run {point.max_skip_run}, params.yaml now says "
+            f"{skip_run}: run `dvc repro calibrate` first"
+        )
+    knob = point.knob
+    sweep = [check_knob(value, "evaluate.knob_sweep") for value in settings.get("knob_sweep") or []]
+    other_routers = settings.get("other_routers") or []
+    missing = [name for name in other_routers if not (routers_root / name / "config.json").is_file()]
+    if missing:
+        raise ConfigError(
+            f"evaluate.other_routers names router sets that {routers_root} does not hold: {missing}; each must be "
+            "a router set of train.routers"
+        )
+    if int(settings["speed_prompts"]) < 1:
+        raise ConfigError(f"evaluate.speed_prompts must be at least 1, got {settings['speed_prompts']}")
     evaluator = Evaluator(params, Path(args.prepared), Path(args.checkpoints))
-    settings = evaluator.settings
     layers = evaluator.loaded.num_layers
     all_sets = list(EVAL_SETS)
     in_domain = ["eval_id"]
@@ -162,21 +182,12 @@ def main() -> None:
         results.extend(rows)
         return pd.DataFrame(rows)
 
-    routers_root = Path(args.routers)
-    main_routers = str(routers_root / "mcts")
-    point = operating_point(args.knob, main_routers)
-    knob, skip_run = point.knob, evaluator.constraints.max_skip_run
-    if point.max_skip_run != skip_run:
-        raise DrllmError(
-            f"{args.knob} was calibrated with search.max_skip_run {point.max_skip_run}, params.yaml now says "
-            f"{skip_run}: run `dvc repro calibrate` first"
-        )
     evaluate(Configuration("vanilla", all_sets, {"kind": "vanilla"}, path=LayerPath.default(layers)))
     drllm = evaluate(routed_configuration("drllm", all_sets, main_routers, knob, skip_run))
-    for value in [v for v in settings.get("knob_sweep") or [] if float(v) != knob]:  # knob: the drllm row
+    for value in [v for v in sweep if v != knob]:  # knob: the drllm row
         name = f"drllm_knob_{value:+g}"  # full precision: close sweep values never collide
-        evaluate(routed_configuration(name, in_domain, main_routers, float(value), skip_run))
-    for name in settings.get("other_routers") or []:
+        evaluate(routed_configuration(name, in_domain, main_routers, value, skip_run))
+    for name in other_routers:
         evaluate(routed_configuration(f"routers_{name}", in_domain, str(routers_root / name), knob, skip_run))
 
     # Static baselines at Dr.LLM's depth: as many blocks as the routers save on average in-domain.

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from drllm_core import io, tracking
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
+from drllm_core.errors import config_from
 from drllm_core.labels import LabelRule, label_statistics, labelled
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import sample
@@ -45,7 +46,9 @@ def split_params(params: dict, strategy: str):
     reward = RewardConfig(**{k: search.pop(k) for k in REWARD_KEYS if k in search})
     stage = {k: search.pop(k) for k in STAGE_KEYS if k in search}
     rule = LabelRule(**{k: search.pop(k) for k in LABEL_KEYS if k in search})
-    return SearchConfig(**{**search, "strategy": strategy}), reward, runner, stage, rule
+    other_keys = (*RUNNER_KEYS, *REWARD_KEYS, *STAGE_KEYS, *LABEL_KEYS)  # read above: named in the message
+    config = config_from(SearchConfig, "search", {**search, "strategy": strategy}, ignore=other_keys)
+    return config, reward, runner, stage, rule
 
 
 def main() -> None:

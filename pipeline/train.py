@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import resource
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -76,7 +77,9 @@ def main() -> None:
                 k: v for k, v in search_stats.items() if k != "label_shares" and not k.endswith("_seconds")
             },
             "label_shares": search_stats.get("label_shares"),
-            "train": train_params,
+            "train": asdict(
+                config
+            ),  # the training knobs only: adding a router set elsewhere changes nothing here
             "shuffled_labels": shuffle,
         },
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from drllm_core.errors import ConfigError
 from drllm_core.tasks.registry import TaskSpec
 from drllm_core.tasks.schema import Example, letter
 
@@ -33,11 +34,11 @@ class TaskSettings:
 
     def __post_init__(self):
         if self.format not in FORMATS:
-            raise ValueError(f"unknown prompt format {self.format!r}; use one of {FORMATS}")
+            raise ConfigError(f"unknown prompt format {self.format!r}; use one of {FORMATS}")
         if self.scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer!r}; use one of {SCORERS}")
+            raise ConfigError(f"unknown scorer {self.scorer!r}; use one of {SCORERS}")
         if self.metric not in ("acc", "acc_norm"):
-            raise ValueError(f"unknown metric {self.metric!r}; use acc or acc_norm")
+            raise ConfigError(f"unknown metric {self.metric!r}; use acc or acc_norm")
 
 
 def default_settings(params: dict | None) -> TaskSettings:
@@ -52,7 +53,7 @@ def settings_for(task: str, params: dict | None) -> TaskSettings:
     merged = {**params.get("defaults", {}), **params.get(task, {})}
     unknown = set(merged) - known
     if unknown:
-        raise ValueError(f"unknown settings for task {task!r} in params.yaml tasks: {sorted(unknown)}")
+        raise ConfigError(f"unknown settings for task {task!r} in params.yaml tasks: {sorted(unknown)}")
     return replace(TaskSettings(), **merged)
 
 
@@ -92,7 +93,9 @@ def render(example: Example, task: TaskSpec, settings: TaskSettings, tokenizer=N
     body = _body(example, task, settings)
     if settings.chat_template:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"task {task.name!r} asks for a chat template but the tokenizer has none")
+            raise ConfigError(
+                f"task {task.name!r} asks for a chat template but the tokenizer has none: set tasks.{task.name}.chat_template: false"
+            )
         messages = []
         for shot in shots:
             messages += [
