@@ -59,7 +59,7 @@ class PathRewards:
         self.memo: dict[LayerPath, Outcome] = {}
         self.layer_evaluations = 0  # block executions spent on this example (one per row and block)
         self.settings = scorer.settings(example.task)
-        self._packed = example.choices and self.settings.scorer == "loglikelihood"
+        self._packed = scorer.scorer_kind(example) == "loglikelihood"
         if self._packed:
             self._batch = PackedBatch.collate([scorer.pack(example)], scorer.tokenizer.pad_token_id)
             self._root = self._batch.embed(self.engine)

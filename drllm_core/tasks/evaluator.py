@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from drllm_core.engine import Decide, PathEngine
-from drllm_core.tasks.prompts import Prompt, TaskSettings, render, settings_for
+from drllm_core.errors import ConfigError
+from drllm_core.tasks.prompts import CHOICE_SCORERS, Prompt, TaskSettings, render, settings_for
 from drllm_core.tasks.registry import TaskSpec, get_task, local_task
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scoring import (
@@ -88,6 +89,16 @@ class ExampleScorer:
     def settings(self, task: str) -> TaskSettings:
         return settings_for(task, self.task_params)
 
+    def scorer_kind(self, example: Example) -> str:
+        """The example's scorer; a choice scorer for an example without choices is a params mistake."""
+        kind = self.settings(example.task).scorer
+        if kind in CHOICE_SCORERS and not example.choices:
+            raise ConfigError(
+                f"task {example.task!r} has no answer choices (its answers are generated) but is scored by "
+                f"{kind!r}: set tasks.{example.task}.scorer: math (and max_new_tokens) in params.yaml"
+            )
+        return kind
+
     def prompt(self, example: Example) -> Prompt:
         if example.example_id not in self._prompts:
             settings = self.settings(example.task)
@@ -124,7 +135,7 @@ class ExampleScorer:
         decisions: list[Decision | None] = [None] * len(examples)
         by_kind: dict[str, list[int]] = {}
         for index, example in enumerate(examples):
-            by_kind.setdefault(self.settings(example.task).scorer, []).append(index)
+            by_kind.setdefault(self.scorer_kind(example), []).append(index)
         for kind, indices in by_kind.items():
             indices = sorted(indices, key=lambda i: len(self.prompt(examples[i]).context))
             for start in range(0, len(indices), batch_size):

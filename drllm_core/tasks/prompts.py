@@ -17,6 +17,7 @@ from drllm_core.tasks.schema import Example, letter
 
 FORMATS = ("question_answer", "letter_choices")
 SCORERS = ("loglikelihood", "letter", "math")
+CHOICE_SCORERS = ("loglikelihood", "letter")  # need answer choices; math scores generated text
 
 
 @dataclass(frozen=True)

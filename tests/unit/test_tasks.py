@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from drllm_core.engine import PathEngine
+from drllm_core.errors import ConfigError
 from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.prompts import TaskSettings, render, settings_for
 from drllm_core.tasks.registry import TASKS, UnknownTask, get_task, local_task
@@ -198,6 +199,17 @@ def test_settings_merge_and_reject_unknown_keys():
         settings_for("arc_easy", {"arc_easy": {"shot": 1}})
     with pytest.raises(ValueError, match="unknown scorer"):
         TaskSettings(scorer="vibes")
+
+
+def test_a_generation_task_under_a_choice_scorer_is_a_params_mistake():
+    scorer = ExampleScorer(PathEngine(tiny_loaded().model), tiny_loaded().tokenizer, {})
+    generated = Example("gsm8k/1", "gsm8k", "What is 2 + 3?", [], -1, answer="5")
+    with pytest.raises(ConfigError, match=r"'gsm8k' has no answer choices .* set tasks.gsm8k.scorer: math"):
+        scorer.score([generated])
+    math_scorer = ExampleScorer(
+        scorer.engine, scorer.tokenizer, {"gsm8k": {"scorer": "math", "max_new_tokens": 2}}
+    )
+    assert len(math_scorer.score([generated])) == 1
 
 
 def test_packed_choice_loglikelihoods_equal_scoring_each_choice_separately():
