@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from drllm_core.errors import ConfigError
 from drllm_core.search_runner import ExampleSearcher, RunnerConfig
 from drllm_core.tasks.schema import Example
 
@@ -23,6 +24,20 @@ class _Worker:
 
     def search(self, example: Example) -> dict:
         return self.searcher(example)
+
+
+def check_capacity(workers: int, threads: int, gpus: int, cpus: int) -> None:
+    """Refuse workers the cluster cannot place: Ray would leave them pending and the search would wait forever."""
+    if gpus and workers > gpus:
+        raise ConfigError(
+            f"search.workers asks for {workers} Ray workers of one GPU each, the cluster has {gpus} GPUs: "
+            "lower search.workers or set it to null (one per GPU)"
+        )
+    if workers * threads > cpus:
+        raise ConfigError(
+            f"search.workers x search.threads = {workers} x {threads} CPUs, the cluster has {cpus}: "
+            "lower them or set search.workers to null"
+        )
 
 
 def run_ray(
@@ -39,7 +54,9 @@ def run_ray(
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         threads = runner.threads or 1
-        workers = runner.workers or (gpus or max(1, int(resources.get("CPU", 1)) // max(threads, 2)))
+        cpus = int(resources.get("CPU", 1))
+        workers = runner.workers or (gpus or max(1, cpus // max(threads, 2)))
+        check_capacity(workers, threads, gpus, cpus)
         worker_class = ray.remote(num_cpus=threads, num_gpus=1 if gpus else 0)(_Worker)
         actors = [worker_class.remote(make_searcher, threads) for _ in range(workers)]
         pool = ActorPool(actors)

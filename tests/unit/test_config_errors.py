@@ -110,3 +110,14 @@ def test_the_evaluate_stage_refuses_a_knob_calibrated_under_another_skip_run_lim
         done.returncode == 1
         and "calibrated with search.max_skip_run 3, params.yaml now says 2" in done.stderr
     )
+
+
+def test_ray_workers_the_cluster_cannot_place_are_refused_instead_of_waiting_forever():
+    from drllm_core.distributed import check_capacity
+
+    check_capacity(workers=2, threads=1, gpus=0, cpus=2)
+    check_capacity(workers=4, threads=1, gpus=4, cpus=8)
+    with pytest.raises(ConfigError, match="4 Ray workers of one GPU each, the cluster has 2 GPUs"):
+        check_capacity(workers=4, threads=1, gpus=2, cpus=8)
+    with pytest.raises(ConfigError, match=r"3 x 2 CPUs, the cluster has 4"):
+        check_capacity(workers=3, threads=2, gpus=0, cpus=4)
