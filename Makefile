@@ -55,7 +55,8 @@ ui: setup
 
 # Queue the ablations as DVC experiments and run the queue (`dvc exp show` compares them; MLflow has the runs).
 ablations: setup
-	@dvc exp run --queue -n margin-reward -S search.reward=margin -S search.margin=0.5
+	@dvc exp run --queue -n correct-reward -S search.reward=correct -S search.margin=0
+	@dvc exp run --queue -n margin-0.5 -S search.margin=0.5
 	@dvc exp run --queue -n paper-early-stop -S search.early_stop=true
 	@dvc exp run --queue -n simulations-50 -S search.simulations=50
 	@dvc exp run --queue -n windows-16 -S train.windows=16

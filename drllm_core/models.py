@@ -79,6 +79,12 @@ class ModelSpec:
             raise ModelLoadError(f"unknown keys in the model section of params.yaml: {sorted(unknown)}")
         return cls(**params)
 
+    def __post_init__(self):
+        if not isinstance(self.trust_remote_code, bool):  # YAML "no" or "false" as a string is truthy
+            raise ModelLoadError(
+                f"model.trust_remote_code must be true or false, got {self.trust_remote_code!r}"
+            )
+
 
 @dataclass
 class LoadedModel:

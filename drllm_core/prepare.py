@@ -9,7 +9,6 @@ set; malformed source rows are counted and reported, and too many of them stop t
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -176,8 +175,3 @@ def _describe(frame: pd.DataFrame) -> dict:
         "tasks": {task: int(n) for task, n in frame["task"].value_counts().sort_index().items()},
         "sha256": hashlib.sha256(canonical.encode()).hexdigest(),
     }
-
-
-def manifest_hash(manifest: dict) -> str:
-    """One hash for all prepared data (downstream artefacts record it)."""
-    return hashlib.sha256(json.dumps(manifest["sets"], sort_keys=True).encode()).hexdigest()[:16]

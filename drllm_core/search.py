@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -324,7 +324,3 @@ def _random(tracker: _Tracker, rng: np.random.Generator) -> None:
                 path = _random_edit(path, rng, tracker.config.constraints, EDIT_KINDS)
             batch.append(path)
         tracker.score(batch)
-
-
-def config_dict(config: SearchConfig) -> dict:
-    return asdict(config)

@@ -55,10 +55,6 @@ class Example:
     source: str = ""
     split: str = ""
 
-    @property
-    def is_multiple_choice(self) -> bool:
-        return bool(self.choices)
-
     def check(self) -> Example:
         """Raise MalformedRow unless the record is usable."""
         if not self.question.strip():

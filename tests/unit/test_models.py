@@ -54,6 +54,8 @@ def test_unknown_specs(spec):
 def test_unknown_params_keys():
     with pytest.raises(ModelLoadError, match="unknown keys"):
         ModelSpec.from_params({"spec": "x", "dtyp": "auto"})
+    with pytest.raises(ModelLoadError, match="trust_remote_code must be true or false, got 'no'"):
+        ModelSpec.from_params({"trust_remote_code": "no"})
 
 
 def test_dtype_and_device_rules():
