@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from drllm_core.engine import Decide, PathEngine
-from drllm_core.models import LoadedModel, weights_fingerprint
+from drllm_core.models import LoadedModel
 from drllm_core.paths import EXECUTE, SKIP
 from drllm_core.routers import RouterSet, knob_decisions, window_average, window_weights
 from drllm_core.tasks.evaluator import ExampleScorer, eos_token_ids
@@ -53,7 +53,7 @@ class RoutedModel:
     @classmethod
     def from_folder(cls, loaded: LoadedModel, folder: str, force: bool = False, **options) -> RoutedModel:
         """Routers saved by the train stage, checked against the model's weight fingerprint."""
-        return cls(loaded, RouterSet.load(folder, weights_fingerprint(loaded.model), force), **options)
+        return cls(loaded, RouterSet.load(folder, loaded.model, force), **options)
 
     def decider(self, prompt_mask: Tensor) -> Decide:
         """The engine hook that routes one batch; prompt_mask (B, T) marks the tokens routers read."""

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -274,9 +275,17 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
 _NOT_IDENTITY = {"dtype", "torch_dtype", "transformers_version", "quantization_config", "use_cache"}
 
 
+def _strided_sample(tensor: torch.Tensor) -> torch.Tensor:
+    """About 4096 values of a tensor at a fixed stride, as float32 on the CPU."""
+    flat = tensor.detach().reshape(-1)
+    return flat[:: max(1, flat.numel() // 4096)].float().cpu()
+
+
 def weights_fingerprint(model: PreTrainedModel) -> str:
     """A short hash of the architecture and weights, cheap even for 8B models: per tensor its name, shape and
-    a strided sample of values. Routers trained on one model refuse to load onto another."""
+    a strided sample of values. Routers trained on one model refuse to load onto another. The values are
+    rounded to bf16, so the same weights in fp32 or bf16 give the same hash; fp16 rounds differently
+    (weights_sample covers it)."""
     config = {
         key: value
         for key, value in model.config.to_diff_dict().items()
@@ -284,9 +293,25 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
     }
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        # Rounded to bf16 so that the same weights loaded in fp32, bf16 or fp16 give the same fingerprint.
-        sample = flat[:: max(1, flat.numel() // 4096)].to(torch.bfloat16).float().cpu()
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(sample.numpy().tobytes())
+        digest.update(_strided_sample(tensor).to(torch.bfloat16).float().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def weights_sample(model: PreTrainedModel, per_tensor: int = 4) -> list[float]:
+    """The first values of every tensor's strided sample, as loaded: stored with routers so that the same
+    weights at another precision are recognised where the fingerprint differs (same_weights)."""
+    return [
+        value
+        for _, tensor in sorted(model.state_dict().items())
+        for value in _strided_sample(tensor)[:per_tensor].tolist()
+    ]
+
+
+def same_weights(sample: list[float], reference: list[float]) -> bool:
+    """Whether two weights_samples are the same weights up to bf16 or fp16 rounding (each within 2^-9 of
+    the value, so within 2^-8 of each other; 1e-6 absolute for the tiny values fp16 flushes towards zero)."""
+    return len(sample) == len(reference) and all(
+        math.isfinite(a) and abs(a - b) <= 2**-8 * abs(b) + 1e-6
+        for a, b in zip(sample, reference, strict=True)
+    )

@@ -5,9 +5,9 @@ With T prompt tokens and `windows` = W, a prompt uses min(W, T) windows of T // 
 order; the T mod min(W, T) trailing tokens are left out (the paper's rule). A prompt shorter than W tokens
 therefore has one window per token, and the router averages its logits over the windows a prompt has.
 
-Saved as safetensors plus config.json (base model, weight fingerprint, shapes, the data and search they came
-from, label statistics); loading checks the base model so routers never run on a model they were not trained
-for. Nothing is ever unpickled.
+Saved as safetensors plus config.json (base model, weight fingerprint and sample, shapes, the data and search
+they came from, label statistics); loading checks the base model so routers never run on a model they were not
+trained for. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
+from transformers import PreTrainedModel
 
 from drllm_core import io
 from drllm_core.errors import ConfigError, DrllmError
+from drllm_core.models import same_weights, weights_fingerprint, weights_sample
 from drllm_core.paths import EXECUTE, REPEAT, SKIP
 
 NUM_CLASSES = 3  # skip, execute, repeat
@@ -44,6 +46,7 @@ class RouterConfig:
     base_model: str = ""  # spec of the base model (as in params.yaml `model.spec`)
     base_model_name: str = ""
     base_fingerprint: str = ""  # drllm_core.models.weights_fingerprint of the base model
+    base_sample: list[float] = field(default_factory=list)  # drllm_core.models.weights_sample of it
     provenance: dict = field(default_factory=dict)  # data manifest hash, search params, label statistics
 
 
@@ -160,20 +163,26 @@ class RouterSet(nn.Module):
             io.write_json(tmp / "config.json", asdict(self.config))
 
     @classmethod
-    def load(cls, folder: str | Path, base_fingerprint: str | None = None, force: bool = False) -> RouterSet:
-        """Load routers; refuse them when `base_fingerprint` (the model they will run on) differs from the
-        model they were trained on, unless forced."""
+    def load(cls, folder: str | Path, model: PreTrainedModel | None = None, force: bool = False) -> RouterSet:
+        """Load routers; refuse them when `model` (the one they will run on) is not the model they were
+        trained on, unless forced. The same weights at another precision pass: the fingerprint matches for
+        fp32 and bf16, the stored weights sample for fp16 (on GPUs without bf16)."""
         folder = Path(folder)
         try:
             config = RouterConfig(**json.loads((folder / "config.json").read_text()))
             state = load_file(folder / "routers.safetensors")
         except (OSError, ValueError, TypeError) as err:
             raise RouterMismatch(f"cannot read routers from {folder}: {err}") from err
-        if base_fingerprint is not None and base_fingerprint != config.base_fingerprint and not force:
-            raise RouterMismatch(
-                f"routers in {folder} were trained on {config.base_model_name} (fingerprint {config.base_fingerprint}), "
-                f"not on this model (fingerprint {base_fingerprint}); pass force=True to use them anyway"
-            )
+        if model is not None and not force:
+            fingerprint = weights_fingerprint(model)
+            if fingerprint != config.base_fingerprint and not (
+                config.base_sample and same_weights(weights_sample(model), config.base_sample)
+            ):
+                raise RouterMismatch(
+                    f"routers in {folder} were trained on {config.base_model_name} (fingerprint "
+                    f"{config.base_fingerprint}), not on this model (fingerprint {fingerprint}); pass force=True "
+                    "to use them anyway"
+                )
         routers = cls(config)
         routers.load_state_dict(state)
         return routers.eval()

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from drllm_core import io
 from drllm_core.engine import PathEngine
-from drllm_core.models import ModelSpec, load_model, weights_fingerprint
+from drllm_core.models import ModelSpec, load_model, weights_fingerprint, weights_sample
 from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
 from drllm_core.training import build_features
 from pipeline.common import load_params, log, parser, run, section
@@ -49,6 +49,7 @@ def main() -> None:
                 "example_ids": list(paths["example_id"]),
                 "model": loaded.name,
                 "fingerprint": weights_fingerprint(loaded.model),
+                "weights_sample": weights_sample(loaded.model),
                 "windows": windows,
                 "shape": list(features.shape),
                 "seconds": seconds,

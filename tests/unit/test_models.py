@@ -10,7 +10,9 @@ from drllm_core.models import (
     load_model,
     resolve_device,
     resolve_dtype,
+    same_weights,
     weights_fingerprint,
+    weights_sample,
 )
 from tests.conftest import tiny_model
 
@@ -71,8 +73,12 @@ def test_dtype_and_device_rules():
             resolve_device("cuda")
 
 
-def test_fingerprint_ignores_dtype_but_not_weights():
+def test_fingerprint_and_sample_ignore_dtype_but_not_weights():
     model = tiny_model("llama", seed=0)
     same = weights_fingerprint(model)
     assert weights_fingerprint(tiny_model("llama", seed=0).to(torch.bfloat16)) == same
     assert weights_fingerprint(tiny_model("llama", seed=1)) != same
+    sample = weights_sample(model)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert same_weights(weights_sample(tiny_model("llama", seed=0).to(dtype)), sample), dtype
+    assert not same_weights(weights_sample(tiny_model("llama", seed=1)), sample)

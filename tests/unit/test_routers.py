@@ -7,7 +7,7 @@ import torch
 
 from drllm_core.engine import PathEngine
 from drllm_core.inference import RoutedModel
-from drllm_core.models import weights_fingerprint
+from drllm_core.models import weights_fingerprint, weights_sample
 from drllm_core.routers import (
     RouterConfig,
     RouterMismatch,
@@ -27,7 +27,7 @@ from drllm_core.training import (
     focal_loss,
     train_routers,
 )
-from tests.conftest import tiny_loaded
+from tests.conftest import tiny_loaded, tiny_model
 
 
 def test_pooling_uses_min_windows_tokens_and_drops_trailing_ones():
@@ -104,17 +104,28 @@ def test_knob_mixes_the_router_distribution_as_documented():
         assert knob_decisions(logits.tolist(), knob) == expected.tolist(), knob
 
 
-def test_save_load_refuses_another_base_model(tmp_path):
-    routers = RouterSet(
-        RouterConfig(num_layers=2, hidden_size=4, bottleneck=3, base_model_name="a", base_fingerprint="f1")
+def test_save_load_refuses_another_base_model_but_not_the_same_weights_in_fp16(tmp_path):
+    base = tiny_model("llama", seed=0)
+    config = RouterConfig(
+        num_layers=2,
+        hidden_size=4,
+        bottleneck=3,
+        base_model_name="a",
+        base_fingerprint=weights_fingerprint(base),
+        base_sample=weights_sample(base),
     )
+    routers = RouterSet(config)
     routers.save(tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json", "routers.safetensors"]
-    loaded = RouterSet.load(tmp_path / "r", base_fingerprint="f1")
+    loaded = RouterSet.load(tmp_path / "r", base)
     assert torch.equal(loaded.routers[1].up.weight, routers.routers[1].up.weight)
+    half = tiny_model("llama", seed=0).to(torch.float16)
+    assert weights_fingerprint(half) != config.base_fingerprint  # fp16 rounds differently from bf16
+    assert RouterSet.load(tmp_path / "r", half)  # the same weights: the sample matches within rounding
+    other = tiny_model("llama", seed=1)
     with pytest.raises(RouterMismatch, match="trained on a"):
-        RouterSet.load(tmp_path / "r", base_fingerprint="other")
-    assert RouterSet.load(tmp_path / "r", base_fingerprint="other", force=True)
+        RouterSet.load(tmp_path / "r", other)
+    assert RouterSet.load(tmp_path / "r", other, force=True)
     assert len(routers_hash(tmp_path / "r")) == 16
     with pytest.raises(RouterMismatch, match="expect 2 layers"):
         loaded.check_model(6, 4)
