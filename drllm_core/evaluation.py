@@ -70,8 +70,8 @@ def best_static_path(
     scorer: ExampleScorer, examples: Sequence[Example], skips: int, constraints: PathConstraints
 ) -> tuple[LayerPath, list[dict]]:
     """Greedy: `skips` times, skip the layer whose removal keeps the most search examples right (ties: the
-    larger summed margin). Candidates share prefixes with the current path, so PathRewards reuses them."""
-    rewards = [PathRewards(scorer, example) for example in examples]
+    larger summed margin). Candidates share prefixes with the current path, so PathRewards reuses them within
+    a round; one example's cached states are dropped before the next example's (bounded memory at any scale)."""
     current = LayerPath.default(scorer.engine.num_layers)
     trace = []
     for _ in range(skips):
@@ -82,7 +82,7 @@ def best_static_path(
         ]
         if not candidates:
             break
-        outcomes = [r(candidates) for r in rewards]
+        outcomes = [PathRewards(scorer, example)(candidates) for example in examples]
         scores = [
             (sum(o[i].correct for o in outcomes), sum(np.nan_to_num(o[i].margin) for o in outcomes))
             for i in range(len(candidates))

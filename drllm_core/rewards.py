@@ -47,7 +47,7 @@ class PathRewards:
         example: Example,
         reward: str = "correct",
         margin: float = 0.0,
-        max_cached_states: int = 4096,
+        cache_mb: float = 1024,
     ):
         if reward not in REWARDS:
             raise ConfigError(f"unknown reward {reward!r}; use one of {REWARDS}")
@@ -64,7 +64,10 @@ class PathRewards:
             self._batch = PackedBatch.collate([scorer.pack(example)], scorer.tokenizer.pad_token_id)
             self._root = self._batch.embed(self.engine)
             self._states: OrderedDict[tuple[int, ...], Tensor] = OrderedDict({(): self._root.hidden})
-            self._max_states = max_cached_states
+            state_bytes = self._root.hidden.numel() * self._root.hidden.element_size()
+            self._max_states = max(
+                2, int(cache_mb * 2**20) // state_bytes
+            )  # prefix states kept, root included
 
     def __call__(self, paths: list[LayerPath]) -> list[Outcome]:
         """Outcomes in the order of `paths`; only paths never seen before cost compute."""

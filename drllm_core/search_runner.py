@@ -31,6 +31,7 @@ class RunnerConfig:
     ray_address: str | None = None  # join this Ray cluster; empty starts a local instance
     workers: int | None = None  # Ray workers (None: one per GPU, else one per 2 CPUs)
     threads: int | None = None  # torch threads per process (None: torch's default locally, 1 per Ray worker)
+    prefix_cache_mb: float = 1024  # memory for the prefix states one example's search reuses (per process)
 
     def __post_init__(self):
         if self.backend not in ("local", "ray"):
@@ -50,16 +51,24 @@ class RewardConfig:
 class ExampleSearcher:
     """Everything one process needs to search examples: model, engine, scorer and the configs."""
 
-    def __init__(self, loaded: LoadedModel, task_params: dict, search: SearchConfig, reward: RewardConfig):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        task_params: dict,
+        search: SearchConfig,
+        reward: RewardConfig,
+        cache_mb: float = RunnerConfig.prefix_cache_mb,
+    ):
         self.loaded = loaded
         self.engine = PathEngine(loaded.model)
         self.scorer = ExampleScorer(self.engine, loaded.tokenizer, task_params)
         self.search = search
         self.reward = reward
+        self.cache_mb = cache_mb
 
     def __call__(self, example: Example) -> dict:
         start = time.perf_counter()
-        rewards = PathRewards(self.scorer, example, self.reward.reward, self.reward.margin)
+        rewards = PathRewards(self.scorer, example, self.reward.reward, self.reward.margin, self.cache_mb)
         rng = example_rng(self.search.seed, example.example_id)
         result = search(rewards, self.loaded.num_layers, self.search, rng)
         return {

@@ -29,15 +29,17 @@ from drllm_core.tasks.evaluator import examples_from_frame
 from drllm_core.tasks.prompts import settings_for
 from pipeline.common import load_params, log, parser, run, section
 
-RUNNER_KEYS = ("backend", "ray_address", "workers", "threads")
+RUNNER_KEYS = ("backend", "ray_address", "workers", "threads", "prefix_cache_mb")
 REWARD_KEYS = ("reward", "margin")
 STAGE_KEYS = ("strategies", "max_examples")
 LABEL_KEYS = ("label_rule", "consensus_share")
 
 
-def build_searcher(model: dict, tasks: dict, search: SearchConfig, reward: RewardConfig) -> ExampleSearcher:
+def build_searcher(
+    model: dict, tasks: dict, search: SearchConfig, reward: RewardConfig, cache_mb: float
+) -> ExampleSearcher:
     """Loads the model: called once locally, or once inside each Ray worker."""
-    return ExampleSearcher(load_model(ModelSpec.from_params(model)), tasks, search, reward)
+    return ExampleSearcher(load_model(ModelSpec.from_params(model)), tasks, search, reward, cache_mb)
 
 
 def split_params(params: dict, strategy: str):
@@ -97,10 +99,12 @@ def main() -> None:
             runner.backend,
         )
         if runner.backend == "local":
-            make_searcher = functools.partial(ExampleSearcher, loaded, task_params, config, reward)
+            make_searcher = functools.partial(
+                ExampleSearcher, loaded, task_params, config, reward, runner.prefix_cache_mb
+            )
         else:
             make_searcher = functools.partial(
-                build_searcher, section(params, "model"), task_params, config, reward
+                build_searcher, section(params, "model"), task_params, config, reward, runner.prefix_cache_mb
             )
         rows = {  # labelled records by example id, each labelled once
             e.example_id: labelled(checkpoint.records[e.example_id], rule)

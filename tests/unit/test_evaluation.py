@@ -126,8 +126,9 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
     pd.DataFrame([dataclasses.asdict(e) for e in EXAMPLES]).to_parquet(tmp_path / "search.parquet")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
 
-    def calibrate(knob):
-        params = {"search": {"max_examples": None, "seed": 0}, "calibrate": {"knob": knob, "examples": 10}}
+    def calibrate(knob, grid=(0.0, 0.1)):
+        settings = {"knob": knob, "examples": 10, "grid": list(grid)}
+        params = {"search": {"max_examples": None, "seed": 0}, "calibrate": settings}
         io.write_json(tmp_path / "params.json", params)  # JSON is YAML
         return run_stage(
             "calibrate",
@@ -141,6 +142,8 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
         out_of_range.returncode == 1 and "must be auto or a number in [-1, 1], got 1.5" in out_of_range.stderr
     )
     assert "got 'atuo'" in calibrate("atuo").stderr
+    assert "calibrate.grid is empty" in calibrate("auto", grid=()).stderr
+    assert "calibrate.grid must be a number in [-1, 1], got 2" in calibrate("auto", grid=(0.0, 2)).stderr
     nothing_held_out = calibrate("auto")  # the search used every search question
     assert (
         nothing_held_out.returncode == 1
