@@ -25,6 +25,7 @@ from drllm_core.errors import DrllmError
 from drllm_core.evaluation import OperatingPoint, operating_point
 from drllm_core.inference import RoutedModel
 from drllm_core.models import DEFAULT_SPEC, ModelSpec, load_model
+from drllm_core.paths import PAPER_CONSTRAINTS
 from drllm_core.routers import check_knob
 from drllm_core.tasks.evaluator import examples_from_frame
 from drllm_core.tasks.prompts import default_settings
@@ -60,7 +61,7 @@ def default_point(routers: str) -> OperatingPoint:
     try:
         return operating_point(CALIBRATED, routers)
     except DrllmError:  # not calibrated, or calibrated for other routers
-        return OperatingPoint(0.0, 2, [])
+        return OperatingPoint(0.0, PAPER_CONSTRAINTS.max_skip_run, [])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,9 +65,7 @@ class PathRewards:
             self._root = self._batch.embed(self.engine)
             self._states: OrderedDict[tuple[int, ...], Tensor] = OrderedDict({(): self._root.hidden})
             state_bytes = self._root.hidden.numel() * self._root.hidden.element_size()
-            self._max_states = max(
-                2, int(cache_mb * 2**20) // state_bytes
-            )  # prefix states kept, root included
+            self._max_states = max(2, int(cache_mb * 2**20) // state_bytes)  # prefix states, root included
 
     def __call__(self, paths: list[LayerPath]) -> list[Outcome]:
         """Outcomes in the order of `paths`; only paths never seen before cost compute."""
