@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from drllm_core import io
+
+log = logging.getLogger(__name__)
 
 
 def content_key(*parts) -> str:
@@ -33,8 +36,15 @@ def code_version(package: Path = Path(__file__).parent) -> str:
 
 
 def checkpoint_path(folder: str | Path, name: str, key: str) -> Path:
-    """Where the checkpoint of `name` under content key `key` lives for the current code."""
-    return Path(folder) / f"{name}-{key}-code{code_version()}.jsonl"
+    """Where the checkpoint of `name` under content key `key` lives for the current code; says so when the
+    same work was checkpointed by other code (not resumed: any drllm_core change can change results)."""
+    path = Path(folder) / f"{name}-{key}-code{code_version()}.jsonl"
+    others = sorted(p.name for p in Path(folder).glob(f"{name}-{key}-code*.jsonl") if p != path)
+    if others:
+        log.warning(
+            "not resuming %s, written by other code: starting afresh in %s", ", ".join(others), path.name
+        )
+    return path
 
 
 class Checkpoint:

@@ -7,8 +7,8 @@ Both print one JSON object per input with the path each input took (per-layer co
 2 repeat) and the blocks executed per token; `score` ends with a summary line. Run from the repository root,
 they route at the operating point the calibrate stage chose for these routers (metrics/knob.json: the knob
 and the skip-run limit) unless `--knob` is given, and prompt as params.yaml's `tasks` section says: `score`
-each task as `evaluate` does, `generate` in the routers' training format (`tasks.defaults.chat_template`)
-unless `--chat-template` or `--no-chat-template` is given.
+each task as `evaluate` does, `generate` in the default prompt format (`tasks.defaults.chat_template`: the
+format the default routers were trained on) unless `--chat-template` or `--no-chat-template` is given.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from drllm_core.errors import DrllmError
 from drllm_core.evaluation import OperatingPoint, operating_point
 from drllm_core.inference import RoutedModel
 from drllm_core.models import DEFAULT_SPEC, ModelSpec, load_model
-from drllm_core.paths import PAPER_CONSTRAINTS
+from drllm_core.paths import PathConstraints
 from drllm_core.routers import check_knob
 from drllm_core.tasks.evaluator import examples_from_frame
 from drllm_core.tasks.prompts import default_settings
@@ -51,17 +51,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params",
         default="params.yaml",
-        help="how tasks are prompted (and scored): its `tasks` section, if found",
+        help="its `tasks` section (how prompts are formatted and scored) and `search.max_skip_run`, if found",
     )
 
 
-def default_point(routers: str) -> OperatingPoint:
-    """The operating point the calibrate stage chose for these routers (same content hash), else knob 0 with
-    the paper's skip-run limit."""
+def default_point(routers: str, params: dict) -> OperatingPoint:
+    """The operating point the calibrate stage chose for these routers (same content hash), else knob 0 under
+    the params' skip-run limit (saying why on stderr)."""
     try:
         return operating_point(CALIBRATED, routers)
-    except DrllmError:  # not calibrated, or calibrated for other routers
-        return OperatingPoint(0.0, PAPER_CONSTRAINTS.max_skip_run, [])
+    except DrllmError as err:  # not calibrated, calibrated for other routers, or by an older version
+        print(f"not using the calibrated knob: {err}", file=sys.stderr)
+        return OperatingPoint(0.0, PathConstraints.from_params(params.get("search") or {}).max_skip_run, [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "--chat-template",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="wrap prompts in the model's chat template (default: tasks.defaults.chat_template, as trained)",
+        help="wrap prompts in the model's chat template (default: tasks.defaults.chat_template)",
     )
     score = commands.add_parser("score", help="score prepared examples (parquet in the prepare schema)")
     _common(score)
@@ -87,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         loaded = load_model(ModelSpec(spec=args.model, dtype=args.dtype, device=args.device))
-        point = default_point(args.routers)
+        params = io.read_yaml(args.params) if Path(args.params).is_file() else {}
+        tasks = params.get("tasks")
+        point = default_point(args.routers, params)
         knob = point.knob if args.knob is None else check_knob(args.knob, "--knob")
         print(f"routing at knob {knob:+g}, skip runs up to {point.max_skip_run}", file=sys.stderr)
         routed = RoutedModel.from_folder(
             loaded, args.routers, force=args.force, knob=knob, max_skip_run=point.max_skip_run
         )
-        tasks = io.read_yaml(args.params).get("tasks") if Path(args.params).is_file() else None
         if args.command == "generate":
             chat = default_settings(tasks).chat_template if args.chat_template is None else args.chat_template
             for prompt, answer in zip(

@@ -35,8 +35,8 @@ def check_capacity(workers: int, threads: int, gpus: int, cpus: int) -> None:
         )
     if workers * threads > cpus:
         raise ConfigError(
-            f"search.workers x search.threads = {workers} x {threads} CPUs, the cluster has {cpus}: "
-            "lower them or set search.workers to null"
+            f"{workers} Ray workers x {threads} threads (search.workers, search.threads) need {workers * threads} "
+            f"CPUs, the cluster has {cpus}: lower search.threads or search.workers"
         )
 
 

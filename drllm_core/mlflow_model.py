@@ -3,8 +3,8 @@ prompts with routed greedy generation (the same code path as drllm_core.inferenc
 
 Input: a DataFrame with a `prompt` column. Output: `text`, `path` (per-layer counts) and `blocks` per prompt.
 Options in the model config: `max_new_tokens`, and what register sets (drllm_core.tracking.Serving): `knob`
-and `max_skip_run` (the operating point `evaluate` measured) and `chat_template` (the prompt format the routers
-were trained on). `params` at predict time override `max_new_tokens`, `knob` and `chat_template`.
+and `max_skip_run` (the operating point `evaluate` measured) and `chat_template` (`tasks.defaults`: the
+default prompt format, the one the default routers were trained on). `params` at predict time override `max_new_tokens`, `knob` and `chat_template`.
 """
 
 from __future__ import annotations

@@ -309,8 +309,8 @@ def weights_sample(model: PreTrainedModel, per_tensor: int = 4) -> list[float]:
 
 
 def same_weights(sample: list[float], reference: list[float]) -> bool:
-    """Whether two weights_samples are the same weights up to bf16 or fp16 rounding (each within 2^-9 of
-    the value, so within 2^-8 of each other; 1e-6 absolute for the tiny values fp16 flushes towards zero)."""
+    """Whether two weights_samples are the same weights up to bf16 or fp16 rounding (relative 2^-8, bf16's
+    worst case; 1e-6 absolute for the tiny values fp16 flushes towards zero)."""
     return len(sample) == len(reference) and all(
         math.isfinite(a) and abs(a - b) <= 2**-8 * abs(b) + 1e-6
         for a, b in zip(sample, reference, strict=True)

@@ -3,8 +3,9 @@
 The search asks "is the answer right under this path?" many times for one question. `PathRewards` answers
 with as little compute as the engine allows:
 * memo: a path is scored once;
-* prefix reuse: the hidden state after every layer of every scored path is kept, keyed by the counts up to
-  that layer; a new path starts from the longest prefix already computed;
+* prefix reuse: the hidden state after every layer of every scored path is kept (up to a memory budget,
+  least recently used first out), keyed by the counts up to that layer; a new path starts from the longest
+  prefix still cached;
 * batching: several paths run in one forward, each row starting at its own layer (rows that have not reached
   their start layer yet run nothing: their counts are zero there);
 * packed choices: the question context and all its choices are one row (drllm_core.tasks.scoring).
@@ -114,7 +115,10 @@ class PathRewards:
         raise AssertionError("the empty prefix is always cached")
 
     def _remember(self, prefix: tuple[int, ...], hidden: Tensor) -> None:
-        self._states[prefix] = hidden
-        if len(self._states) > self._max_states:
-            self._states.popitem(last=False)
-            self._states[()] = self._root.hidden  # never evict the root
+        self._states[prefix] = hidden.clone()  # a copy: a row's view would keep its whole batch alive
+        while len(self._states) > self._max_states:
+            oldest = next(iter(self._states))
+            if oldest == ():
+                self._states.move_to_end(())  # the root is never evicted
+            else:
+                del self._states[oldest]

@@ -36,6 +36,10 @@ class RunnerConfig:
     def __post_init__(self):
         if self.backend not in ("local", "ray"):
             raise ConfigError(f"unknown search.backend {self.backend!r}; use local or ray")
+        if not isinstance(self.prefix_cache_mb, int | float) or self.prefix_cache_mb <= 0:
+            raise ConfigError(
+                f"search.prefix_cache_mb must be a positive number, got {self.prefix_cache_mb!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -87,9 +87,9 @@ KNOB_TAG = "drllm.knob"  # the routing knob a version serves at (its model confi
 @dataclass(frozen=True)
 class Serving:
     """How a registered version routes and prompts unless a prediction says otherwise: the operating point
-    `evaluate` measured (knob, skip-run limit) and the prompt format the routers were trained on. The skip-run
-    limit and the prompt format are fixed by the routers' labels and features, so a version is keyed by the
-    routers' hash and the knob only."""
+    `evaluate` measured (knob, skip-run limit) and the default prompt format (`tasks.defaults.chat_template`).
+    In the pipeline the routers' hash fixes the skip-run limit and the prompt format (they shape its labels
+    and features), so a version is keyed by the routers' hash and the knob only."""
 
     knob: float = 0.0
     max_skip_run: int | None = 2

@@ -61,12 +61,7 @@ def main() -> None:
         )
         log.info("knob %+g chosen on %d held-out search questions", knob, len(held_out))
     else:
-        try:
-            knob = float(settings["knob"])
-        except (TypeError, ValueError):
-            knob = float("nan")  # fails the range check below
-        if not -1.0 <= knob <= 1.0:
-            raise DrllmError(f"calibrate.knob must be auto or a number in [-1, 1], got {settings['knob']!r}")
+        knob = check_knob(settings["knob"], "calibrate.knob (auto, or a number)")
     io.write_json(
         args.out,
         {

@@ -1,9 +1,9 @@
 """Stage `register`: put the trained routers into the MLflow model registry as a pyfunc, alias `candidate`.
 
 The registered model is named after the base model (drllm-<model>). Its model config holds the operating
-point the calibrate stage wrote (metrics/knob.json: knob and skip-run limit) and the prompt format the routers
-were trained on (`tasks.defaults.chat_template`), so the version serves as `evaluate` measured. A version is
-keyed by the routers' content hash and that operating point, so a router set DVC restores from its run cache
+point the calibrate stage wrote (metrics/knob.json: knob and skip-run limit) and the default prompt format
+(`tasks.defaults.chat_template`), so the version serves as `evaluate` measured (drllm_core.tracking.Serving).
+A version is keyed by the routers' content hash and the knob, so a router set DVC restores from its run cache
 is registered exactly once, however often this runs. Reads params `model` and `tasks`.
 
 Writes --out (default models/registered.json: name, version, alias, knob, store), which git ignores: a fresh

@@ -69,7 +69,7 @@ def main() -> None:
         base_model=section(params, "model")["spec"],
         base_model_name=meta["model"],
         base_fingerprint=meta["fingerprint"],
-        base_sample=meta["weights_sample"],
+        base_sample=meta.get("weights_sample", []),  # features from before samples: the fingerprint alone
         provenance={
             "data_manifest": io.read_json(Path(args.prepared) / "manifest.json")["sets"]["search"]["sha256"],
             # no timings: the routers' content hash (registry versions, evaluation keys) must not change

@@ -19,7 +19,7 @@ def test_a_line_torn_by_a_crash_is_dropped_and_the_rest_resumes(tmp_path):
     assert [line[:17] for line in path.read_text().splitlines()] == ['{"example_id": "a', '{"example_id": "b']
 
 
-def test_the_checkpoint_name_changes_with_the_code(tmp_path):
+def test_the_checkpoint_name_changes_with_the_code(tmp_path, caplog):
     package = Path(drllm_core.__file__).parent
     copy = tmp_path / "drllm_core"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -27,3 +27,8 @@ def test_the_checkpoint_name_changes_with_the_code(tmp_path):
     scoring = copy / "tasks" / "scoring.py"
     scoring.write_text(scoring.read_text() + "\n# a scoring fix\n")
     assert code_version(copy) != code_version()
+    old = tmp_path / f"drllm-k-code{code_version(copy)}.jsonl"
+    old.write_text("")
+    with caplog.at_level("WARNING"):
+        assert checkpoint_path(tmp_path, "drllm", "k") != old
+    assert f"not resuming {old.name}, written by other code" in caplog.text

@@ -91,7 +91,12 @@ def test_the_default_knob_is_the_one_calibrated_for_these_routers(tmp_path, caps
     out = capsys.readouterr()
     assert "routing at knob -0.6" in out.err and json.loads(out.out)["path"] == [0, 0, 1, 0, 0, 1]
     io.write_json(tmp_path / "metrics/knob.json", {"routers_hash": "other routers", "knob": -0.6})
-    assert cli.main(generate) == 0 and "routing at knob +0" in capsys.readouterr().err
+    err = capsys.readouterr().err if cli.main(generate) == 0 else ""
+    assert "not using the calibrated knob: metrics/knob.json was calibrated for other routers" in err
+    assert "routing at knob +0, skip runs up to 2" in err
+    (tmp_path / "params.yaml").write_text("search: {max_skip_run: 1}\n")  # the fallback limit: the params'
+    assert cli.main(generate) == 0 and "skip runs up to 1" in capsys.readouterr().err
+    (tmp_path / "params.yaml").unlink()
     assert cli.main([*generate, "--knob", "-0.6"]) == 0 and "knob -0.6" in capsys.readouterr().err
 
 

@@ -53,6 +53,9 @@ def test_valid_sections_build():
     assert (config.simulations, reward, stage) == (5, RewardConfig("margin"), {"max_examples": 9})
     assert (runner.backend, rule.label_rule) == ("ray", "consensus")
     assert TrainConfig.from_params({"epochs": 3, "routers": {"mcts": {}}}).epochs == 3
+    assert TrainConfig.from_params({"lr": "1e-4"}).lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
+    with pytest.raises(ConfigError, match="`train.lr` must be a number, got 'fast'"):
+        TrainConfig.from_params({"lr": "fast"})
 
 
 def _evaluate(tmp_path, **evaluate):
@@ -119,5 +122,5 @@ def test_ray_workers_the_cluster_cannot_place_are_refused_instead_of_waiting_for
     check_capacity(workers=4, threads=1, gpus=4, cpus=8)
     with pytest.raises(ConfigError, match="4 Ray workers of one GPU each, the cluster has 2 GPUs"):
         check_capacity(workers=4, threads=1, gpus=2, cpus=8)
-    with pytest.raises(ConfigError, match=r"3 x 2 CPUs, the cluster has 4"):
+    with pytest.raises(ConfigError, match=r"3 Ray workers x 2 threads .* need 6 CPUs, the cluster has 4"):
         check_capacity(workers=3, threads=2, gpus=0, cpus=4)

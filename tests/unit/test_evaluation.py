@@ -139,7 +139,8 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
 
     out_of_range = calibrate(1.5)
     assert (
-        out_of_range.returncode == 1 and "must be auto or a number in [-1, 1], got 1.5" in out_of_range.stderr
+        out_of_range.returncode == 1
+        and "calibrate.knob (auto, or a number) must be a number in [-1, 1], got 1.5" in out_of_range.stderr
     )
     assert "got 'atuo'" in calibrate("atuo").stderr
     assert "calibrate.grid is empty" in calibrate("auto", grid=()).stderr

@@ -156,6 +156,22 @@ def test_prefix_reusing_rewards_agree_with_plain_scoring_and_cost_less():
     assert rewards.layer_evaluations == before
 
 
+def test_the_prefix_cache_keeps_to_its_budget_and_changes_no_outcome():
+    scorer = _scorer()
+    paths = _random_paths(12, seed=3)
+    roomy = PathRewards(scorer, QUESTION)
+    state_bytes = roomy._root.hidden.nbytes
+    tight = PathRewards(scorer, QUESTION, cache_mb=4 * state_bytes / 2**20)  # the root and 3 prefixes
+    for rewards in (roomy, tight):
+        outcomes = rewards(paths[:5]) + rewards(paths[5:])
+        assert [o.correct for o in outcomes] == [o.correct for o in roomy(paths)]
+        assert [o.margin for o in outcomes] == pytest.approx([o.margin for o in roomy(paths)], abs=1e-4)
+    assert len(tight._states) == 4 and () in tight._states and len(roomy._states) > 4
+    stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tight._states.values()}
+    assert sum(stored.values()) <= 4 * state_bytes  # copies: no cached row holds its whole batch
+    assert tight.layer_evaluations > roomy.layer_evaluations  # evicted prefixes were recomputed
+
+
 def test_margin_reward_needs_a_clear_win():
     scorer = _scorer()
     plain = PathRewards(scorer, QUESTION)([DEFAULT])[0]
