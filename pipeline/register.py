@@ -6,7 +6,7 @@ point the calibrate stage wrote (metrics/knob.json: knob and skip-run limit) and
 A version is keyed by the routers' content hash and the knob, so a router set DVC restores from its run cache
 is registered exactly once, however often this runs. Reads params `model` and `tasks`.
 
-Writes --out (default models/registered.json: name, version, alias, knob, store), which git ignores: a fresh
+Writes --out (default models/registered.json: name, version, alias, serving settings, store), which git ignores: a fresh
 clone lacks it, so its `dvc repro` registers the routers in its own store even when every other output
 reproduces from dvc.lock.
 """
