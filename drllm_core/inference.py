@@ -18,7 +18,7 @@ from torch import Tensor
 
 from drllm_core.engine import Decide, PathEngine
 from drllm_core.models import LoadedModel
-from drllm_core.paths import EXECUTE, SKIP
+from drllm_core.paths import EXECUTE, PAPER_CONSTRAINTS, SKIP
 from drllm_core.routers import RouterSet, knob_decisions, window_average, window_weights
 from drllm_core.tasks.evaluator import ExampleScorer, eos_token_ids
 from drllm_core.tasks.schema import Example
@@ -39,7 +39,7 @@ class RoutedModel:
         loaded: LoadedModel,
         routers: RouterSet,
         knob: float = 0.0,
-        max_skip_run: int | None = 2,
+        max_skip_run: int | None = PAPER_CONSTRAINTS.max_skip_run,
         enforce_constraints: bool = True,
     ):
         routers.check_model(loaded.num_layers, loaded.model.config.hidden_size)

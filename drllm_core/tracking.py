@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from drllm_core.paths import PAPER_CONSTRAINTS
+
 EXPERIMENT = "drllm"
 
 
@@ -92,7 +94,7 @@ class Serving:
     and features), so a version is keyed by the routers' hash and the knob only."""
 
     knob: float = 0.0
-    max_skip_run: int | None = 2
+    max_skip_run: int | None = PAPER_CONSTRAINTS.max_skip_run
     chat_template: bool = False
 
 

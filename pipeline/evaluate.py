@@ -5,8 +5,8 @@ blocks), metrics/eval.json (per configuration, set and task: accuracy with its 9
 saved share; paired comparisons with McNemar tests), plots/eval/pareto.csv and metrics/speed.json. Every
 (configuration, question) result is checkpointed, so a long evaluation resumes. One MLflow run per
 configuration, tagged with the router set it evaluated. Dr.LLM (`drllm`) runs at the knob the calibrate stage
-chose (metrics/knob.json, under the skip-run limit recorded there). Reads params `model`, `tasks`, `search` (constraints), `evaluate`. Configurations
-are described in drllm_core/evaluation.py.
+chose (metrics/knob.json, under the skip-run limit recorded there). Reads params `model`, `tasks`, `search`
+(constraints), `evaluate`. Configurations are described in drllm_core/evaluation.py.
 """
 
 from __future__ import annotations

@@ -6,12 +6,14 @@ point the calibrate stage wrote (metrics/knob.json: knob and skip-run limit) and
 A version is keyed by the routers' content hash and the knob, so a router set DVC restores from its run cache
 is registered exactly once, however often this runs. Reads params `model` and `tasks`.
 
-Writes --out (default models/registered.json: name, version, alias, serving settings, store), which git ignores: a fresh
-clone lacks it, so its `dvc repro` registers the routers in its own store even when every other output
-reproduces from dvc.lock.
+Writes --out (default models/registered.json: name, version, alias, serving settings, store), which git
+ignores: a fresh clone lacks it, so its `dvc repro` registers the routers in its own store even when every
+other output reproduces from dvc.lock.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from drllm_core import io, tracking
 from drllm_core.evaluation import operating_point
@@ -48,9 +50,7 @@ def main() -> None:
         "name": name,
         "version": version.version,
         "alias": args.alias,
-        "knob": point.knob,
-        "max_skip_run": point.max_skip_run,
-        "chat_template": serving.chat_template,
+        **asdict(serving),
         "routers_hash": digest,
         "model_uri": f"models:/{name}/{version.version}",
         "tracking_uri": tracking.tracking_uri(),

@@ -5,7 +5,8 @@ blocks, search cost, every path scored) and stats.json. The label rule (`label_r
 picks each label among the scored paths after the search, so changing it reuses the checkpoint.
 Resumable: finished examples are appended to a checkpoint under data/search_checkpoints/<strategy>/ named by
 a hash of everything they depend on (search params, model weights, task settings, data) and of the code; a
-re-run skips them, and never reuses results computed under anything else. Reads params `model`, `tasks`, `search`.
+re-run skips them, and never reuses results computed under anything else. Reads params `model`, `tasks`,
+`search`.
 """
 
 from __future__ import annotations

@@ -78,9 +78,8 @@ def main() -> None:
                 k: v for k, v in search_stats.items() if k != "label_shares" and not k.endswith("_seconds")
             },
             "label_shares": search_stats.get("label_shares"),
-            "train": asdict(
-                config
-            ),  # the training knobs only: adding a router set elsewhere changes nothing here
+            # the training knobs only: adding a router set elsewhere changes nothing here
+            "train": asdict(config),
             "shuffled_labels": shuffle,
         },
     )

@@ -64,17 +64,13 @@ def _evaluate(tmp_path, **evaluate):
     io.write_json(tmp_path / "knob.json", point)
     settings = {"knob_sweep": [0.0], "other_routers": [], "speed_prompts": 4, **evaluate}
     io.write_json(tmp_path / "params.json", {"search": {"max_skip_run": 2}, "evaluate": settings})
-    return run_stage(
-        "evaluate",
-        *(
-            "--params",
-            tmp_path / "params.json",
-            "--routers",
-            tmp_path / "routers",
-            "--knob",
-            tmp_path / "knob.json",
-        ),
-    )
+    return _run_evaluate(tmp_path)
+
+
+def _run_evaluate(tmp_path):
+    """The evaluate stage on the params, routers and knob.json that _evaluate wrote."""
+    params, routers, knob = tmp_path / "params.json", tmp_path / "routers", tmp_path / "knob.json"
+    return run_stage("evaluate", "--params", params, "--routers", routers, "--knob", knob)
 
 
 @pytest.mark.parametrize(
@@ -98,17 +94,7 @@ def test_the_evaluate_stage_refuses_a_knob_calibrated_under_another_skip_run_lim
     done = _evaluate(tmp_path)
     assert "has no `model` section" in done.stderr  # the checks passed: it went on to load the model
     io.write_json(tmp_path / "knob.json", {**io.read_json(tmp_path / "knob.json"), "max_skip_run": 3})
-    done = run_stage(
-        "evaluate",
-        *(
-            "--params",
-            tmp_path / "params.json",
-            "--routers",
-            tmp_path / "routers",
-            "--knob",
-            tmp_path / "knob.json",
-        ),
-    )
+    done = _run_evaluate(tmp_path)
     assert (
         done.returncode == 1
         and "calibrated with search.max_skip_run 3, params.yaml now says 2" in done.stderr
