@@ -6,8 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.drllm-installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: setup repro test test-unit lint format lock bench promote ui ablations clean
+.PHONY: setup system-deps repro test test-unit lint format lock bench promote ui ablations clean
 setup: $(STAMP)
+
+# System packages the tests need besides Python's (Debian's chromium for the report test): installed with
+# apt when running as root or with sudo, else a message naming the command.
+system-deps:
+	@scripts/system-deps.sh
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +29,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 repro: setup
 	@dvc repro
 
-test: setup
+test: setup system-deps
 	@$(BIN)/pytest -q
 
 test-unit: setup
