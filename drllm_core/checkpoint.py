@@ -3,14 +3,14 @@
 Long stages (search, evaluate) write each finished item here as soon as it is done; after a crash or a kill
 a re-run reads the file back and skips what is there. A line torn by a crash is dropped on reading (and the
 file rewritten without it), so nothing is half-counted; items are keyed by id, so nothing is duplicated.
-The file name (checkpoint_path) carries a hash of everything the results depend on and a hash of the code
-that computed them, so results computed under other parameters, another model, other data or other code are
-never reused: after a scoring or routing fix, DVC reruns the stage and the rerun starts afresh instead of
-reloading rows the old code wrote.
+The file name (checkpoint_path) carries a hash of everything the results depend on and of the code that
+computed them (drllm_core.provenance), so results computed under other parameters, another model, other data
+or other code are never reused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from drllm_core import io
+from drllm_core.errors import DrllmError
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,11 @@ def content_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def code_version(package: Path = Path(__file__).parent) -> str:
-    """A short hash of the source files of a package (by default drllm_core)."""
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def checkpoint_path(folder: str | Path, name: str, key: str) -> Path:
-    """Where the checkpoint of `name` under content key `key` lives for the current code; says so when the
-    same work was checkpointed by other code (not resumed: any drllm_core change can change results)."""
-    path = Path(folder) / f"{name}-{key}-code{code_version()}.jsonl"
+def checkpoint_path(folder: str | Path, name: str, key: str, code: str) -> Path:
+    """Where the checkpoint of `name` under content key `key` lives for the code version `code`
+    (drllm_core.provenance.code_version of the stage); says so when the same work was checkpointed by other
+    code (not resumed: a code change can change results)."""
+    path = Path(folder) / f"{name}-{key}-code{code}.jsonl"
     others = sorted(p.name for p in Path(folder).glob(f"{name}-{key}-code*.jsonl") if p != path)
     if others:
         log.warning(
@@ -47,13 +41,29 @@ def checkpoint_path(folder: str | Path, name: str, key: str) -> Path:
     return path
 
 
+class CheckpointBusy(DrllmError):
+    pass
+
+
 class Checkpoint:
+    """One writer at a time: a second process opening the same checkpoint is refused (it would redo the
+    work and append duplicates), until the first one closes it or dies."""
+
     def __init__(self, path: str | Path, id_field: str = "example_id"):
         self.path = Path(path)
         self.id_field = id_field
         self.records: dict[str, dict] = {}
-        self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115 - held while open
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise CheckpointBusy(
+                f"another process is writing the checkpoint {self.path} (the same work, right now): wait for it "
+                "to finish or stop it, then run again; this run would only repeat its work"
+            ) from None
+        self._load()
         self._handle = open(self.path, "a")  # noqa: SIM115 - kept open for the life of the checkpoint
 
     def _load(self) -> None:
@@ -85,6 +95,7 @@ class Checkpoint:
 
     def close(self) -> None:
         self._handle.close()
+        self._lock.close()  # releases the lock
 
     def __enter__(self):
         return self

@@ -12,15 +12,16 @@ from collections.abc import Callable
 from drllm_core.errors import DrllmError
 from drllm_core.io import read_yaml
 
-# The headline figures of one evaluated configuration (per set, or per task), as the evaluate stage writes
-# them to metrics/eval.json and the report reads them back: the contract between the two stages.
-SCORE_COLUMNS = ("n", "accuracy", "ci_low", "ci_high", "blocks_per_token", "saved_pct")
-
 log = logging.getLogger("drllm")
+# Set before the libraries are imported (data-only stages never import transformers): no weight-loading
+# progress bars or advisory warnings in the stage logs, and no token for a local Ray instance.
+QUIET = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled"}
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    args = argparse.ArgumentParser(description=description)
+    args = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     args.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     return args
 
@@ -28,27 +29,39 @@ def parser(description: str) -> argparse.ArgumentParser:
 def load_params(path: str) -> dict:
     if not os.path.isfile(path):
         raise DrllmError(f"parameters file {path} not found; run from the repository root or pass --params")
-    return read_yaml(path)
+    params = read_yaml(path)
+    if not isinstance(params, dict):
+        raise DrllmError(
+            f"{path} must hold a mapping of sections (model, tasks, search, ...), not {type(params).__name__}"
+        )
+    return params
 
 
 def section(params: dict, name: str) -> dict:
     if name not in params:
         raise DrllmError(f"params.yaml has no `{name}` section")
-    return params[name] or {}
+    value = params[name] or {}
+    if not isinstance(value, dict):
+        raise DrllmError(f"params.yaml `{name}` must be a mapping of keys to values, got {value!r}")
+    return value
 
 
-def run(main: Callable[[], None]) -> None:
-    """Run a stage's main; a DrllmError becomes `error: <message>` on stderr and exit status 1."""
+def run(
+    stage: Callable[[argparse.Namespace], None], args: argparse.ArgumentParser, argv: list[str] | None
+) -> int:
+    """Parse `argv` and run a stage; a DrllmError becomes `error: <message>` on stderr and exit status 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from transformers.utils import logging as hf_logging
-
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
     for noisy in ("great_expectations", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    parsed = args.parse_args(argv)
     try:
-        main()
+        stage(parsed)
     except DrllmError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    except FileNotFoundError as err:  # a stage's inputs are files another stage writes
+        print(f"error: {err.filename} not found: `dvc repro` runs the stages that write it", file=sys.stderr)
+        return 1
+    return 0

@@ -1,10 +1,8 @@
-"""Checkpoints: a torn line is dropped, and a checkpoint is never resumed by other code."""
+"""Checkpoints: a torn line is dropped, one writer at a time, and a checkpoint is never resumed by other code."""
 
-import shutil
-from pathlib import Path
+import pytest
 
-import drllm_core
-from drllm_core.checkpoint import Checkpoint, checkpoint_path, code_version
+from drllm_core.checkpoint import Checkpoint, CheckpointBusy, checkpoint_path
 
 
 def test_a_line_torn_by_a_crash_is_dropped_and_the_rest_resumes(tmp_path):
@@ -19,16 +17,19 @@ def test_a_line_torn_by_a_crash_is_dropped_and_the_rest_resumes(tmp_path):
     assert [line[:17] for line in path.read_text().splitlines()] == ['{"example_id": "a', '{"example_id": "b']
 
 
-def test_the_checkpoint_name_changes_with_the_code(tmp_path, caplog):
-    package = Path(drllm_core.__file__).parent
-    copy = tmp_path / "drllm_core"
-    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert code_version(copy) == code_version() and code_version() in checkpoint_path("x", "drllm", "k").name
-    scoring = copy / "tasks" / "scoring.py"
-    scoring.write_text(scoring.read_text() + "\n# a scoring fix\n")
-    assert code_version(copy) != code_version()
-    old = tmp_path / f"drllm-k-code{code_version(copy)}.jsonl"
+def test_a_second_writer_is_refused_until_the_first_closes(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with Checkpoint(path) as first:
+        with pytest.raises(CheckpointBusy, match="another process is writing the checkpoint"):
+            Checkpoint(path)
+        first.add({"example_id": "a"})
+    with Checkpoint(path) as again:
+        assert list(again.records) == ["a"]
+
+
+def test_another_code_version_starts_afresh_and_says_so(tmp_path, caplog):
+    old = tmp_path / "search-k-codeaaaa.jsonl"
     old.write_text("")
     with caplog.at_level("WARNING"):
-        assert checkpoint_path(tmp_path, "drllm", "k") != old
+        assert checkpoint_path(tmp_path, "search", "k", "bbbb") == tmp_path / "search-k-codebbbb.jsonl"
     assert f"not resuming {old.name}, written by other code" in caplog.text
