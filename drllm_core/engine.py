@@ -414,6 +414,23 @@ class PathEngine:
         return torch.tensor([list(p.counts) for p in paths], dtype=torch.long)
 
 
+def pad_rows(
+    rows: Sequence[Sequence[int]], value: int, width: int | None = None, left: bool = False
+) -> Tensor:
+    """Rows of ints as one (B, width) long tensor, padded with `value` on the right (or on the left)."""
+    width = max(map(len, rows)) if width is None else width
+    padded = [
+        [value] * (width - len(r)) + list(r) if left else list(r) + [value] * (width - len(r)) for r in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def token_batch(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[Tensor, Tensor]:
+    """Token id rows -> ids (B, T) and attention mask (B, T). Right padding for scoring; left padding for
+    generation, which appends on the right."""
+    return pad_rows(rows, pad_id, left=left), pad_rows([[1] * len(r) for r in rows], 0, left=left)
+
+
 def _rows(tensor: Tensor | None, rows: Tensor | None) -> Tensor | None:
     """Select batch rows; tensors broadcast over the batch (size 1) and None pass through."""
     if tensor is None or rows is None or tensor.shape[0] == 1:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from drllm_core.errors import DrllmError
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
+CLASS_NAMES = ("skip", "execute", "repeat")  # a layer's count is its class: CLASS_NAMES[count]
 
 
 class PathError(DrllmError, ValueError):
@@ -35,6 +36,39 @@ class PathConstraints:
         return cls(
             max_skip_run=search.get("max_skip_run", cls.max_skip_run), max_blocks=search.get("max_blocks")
         )
+
+    def budget(self, num_layers: int) -> int:
+        return self.max_blocks if self.max_blocks is not None else 2 * num_layers
+
+    def fewest_blocks(self, layers: int, skip_run: int = 0) -> int:
+        """The fewest blocks `layers` more layers can take after a run of `skip_run` skipped ones."""
+        if self.max_skip_run is None:
+            return 0
+        return (layers + skip_run) // (self.max_skip_run + 1)
+
+    def allowed_count(self, wanted: int, layer: int, num_layers: int, blocks: int, skip_run: int) -> int:
+        """`wanted` if layer `layer` may take it and the path can still end inside the constraints (given the
+        `blocks` run so far and the current run of `skip_run` skipped layers), else execute, else skip:
+        how routing keeps every constraint the labels were searched under."""
+        budget = self.budget(num_layers)
+        for count in dict.fromkeys((min(wanted, self.max_count), EXECUTE, SKIP)):
+            run = skip_run + 1 if count == SKIP else 0
+            if self.max_skip_run is not None and run > self.max_skip_run:
+                continue
+            if blocks + count + self.fewest_blocks(num_layers - layer - 1, run) <= budget:
+                return count
+        raise PathError(
+            f"no count of layer {layer} keeps the path within {budget} blocks after {blocks} blocks: the budget "
+            "cannot be met under the skip-run limit"
+        )
+
+    def check_feasible(self, num_layers: int) -> None:
+        """Refuse a budget no path of `num_layers` layers can meet under the skip-run limit."""
+        if self.fewest_blocks(num_layers) > self.budget(num_layers):
+            raise PathError(
+                f"a budget of {self.budget(num_layers)} blocks cannot be met by {num_layers} layers with at most "
+                f"{self.max_skip_run} skipped in a row (at least {self.fewest_blocks(num_layers)} blocks)"
+            )
 
 
 PAPER_CONSTRAINTS = PathConstraints()
@@ -115,7 +149,7 @@ class LayerPath:
                 raise PathError(
                     f"path skips {run} consecutive layers; at most {constraints.max_skip_run} are allowed"
                 )
-        budget = constraints.max_blocks if constraints.max_blocks is not None else 2 * num_layers
+        budget = constraints.budget(num_layers)
         if self.blocks > budget:
             raise PathError(f"path executes {self.blocks} blocks, above the budget of {budget}")
         return self

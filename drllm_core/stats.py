@@ -6,6 +6,9 @@ import math
 
 from scipy import stats
 
+# The headline figures of one configuration (per set, or per task) in metrics/eval.json: what the report reads.
+SCORE_COLUMNS = ("n", "accuracy", "ci_low", "ci_high", "blocks_per_token", "saved_pct")
+
 
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a proportion (well-behaved near 0 and 1, unlike the normal approximation)."""
@@ -21,7 +24,7 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
 def paired_comparison(correct_a, correct_b, confidence: float = 0.95) -> dict:
     """Compare two configurations on the same questions (a minus b).
 
-    McNemar's exact test on the discordant pairs (b_only: a right and b wrong, c_only: the reverse) and a
+    McNemar's exact test on the discordant pairs (a_only: a right and b wrong, b_only: the reverse) and a
     Wald interval for the paired difference of accuracies. `significant` means the p-value is below
     1 - confidence; a difference inside the noise is reported as such."""
     pairs = list(zip(correct_a, correct_b, strict=True))

@@ -9,9 +9,10 @@ Few-shot examples are rendered the same way with their gold answer, separated by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from drllm_core.errors import ConfigError
+from drllm_core.errors import ConfigError, config_from
 from drllm_core.tasks.registry import TaskSpec
 from drllm_core.tasks.schema import Example, letter
 
@@ -40,6 +41,10 @@ class TaskSettings:
             raise ConfigError(f"unknown scorer {self.scorer!r}; use one of {SCORERS}")
         if self.metric not in ("acc", "acc_norm"):
             raise ConfigError(f"unknown metric {self.metric!r}; use acc or acc_norm")
+        if self.shots < 0 or self.max_new_tokens < 1:
+            raise ConfigError(
+                f"a task's shots must be at least 0 and max_new_tokens at least 1, got {self.shots}, {self.max_new_tokens}"
+            )
 
 
 def default_settings(params: dict | None) -> TaskSettings:
@@ -48,14 +53,36 @@ def default_settings(params: dict | None) -> TaskSettings:
 
 
 def settings_for(task: str, params: dict | None) -> TaskSettings:
-    """`tasks.defaults` overlaid with `tasks.<task>` from params.yaml."""
+    """`tasks.defaults` overlaid with `tasks.<task>` from params.yaml, every value checked."""
     params = params or {}
-    known = {f.name for f in fields(TaskSettings)}
-    merged = {**params.get("defaults", {}), **params.get(task, {})}
-    unknown = set(merged) - known
+    for name in ("defaults", task):
+        if not isinstance(params.get(name) or {}, dict):
+            raise ConfigError(
+                f"params.yaml `tasks.{name}` must be a mapping of settings, got {params[name]!r}"
+            )
+    merged = {**(params.get("defaults") or {}), **(params.get(task) or {})}
+    return config_from(TaskSettings, f"tasks.{task or 'defaults'}", merged)
+
+
+def checked_tasks(params: dict, manifest: dict) -> dict:
+    """params.yaml's `tasks` section, checked against the tasks the prepared sets hold (data/prepared's
+    manifest.json): a section for a task no set holds is a typo."""
+    tasks = params.get("tasks") or {}
+    if not isinstance(tasks, dict):
+        raise ConfigError(f"params.yaml `tasks` must be a mapping of task names to settings, got {tasks!r}")
+    check_task_names(tasks, {t for described in manifest["sets"].values() for t in described["tasks"]})
+    return tasks
+
+
+def check_task_names(params: dict | None, tasks: Iterable[str]) -> None:
+    """Refuse a section of params.yaml `tasks` that names no task of `tasks` (a typo such as `arc_eazy`
+    would otherwise leave the task with the defaults, silently)."""
+    unknown = sorted(set(params or {}) - {"defaults", *tasks})
     if unknown:
-        raise ConfigError(f"unknown settings for task {task!r} in params.yaml tasks: {sorted(unknown)}")
-    return replace(TaskSettings(), **merged)
+        raise ConfigError(
+            f"params.yaml `tasks` has settings for {unknown}, which no set of the pipeline holds; its tasks: "
+            f"{sorted(set(tasks))}. Check the spelling, or remove the section"
+        )
 
 
 @dataclass(frozen=True)

