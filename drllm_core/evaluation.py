@@ -1,156 +1,291 @@
-"""Evaluation configurations and their honest baselines, and the summaries that compare them.
+"""The evaluation runner: configurations scored on the same questions, checkpointed, summarised and compared.
 
-Configurations (each scores the same questions, so every comparison is paired):
-  vanilla        the default path
-  drllm          routers trained on MCTS labels, at the default knob (and `drllm_knob_<p>` over a sweep)
-  routers_<x>    routers trained on other labels: `chain` / `random` search, `shuffled` (the control)
-  shortgpt_bi    static pruning in the style of ShortGPT: drop the layers with the lowest Block Influence
-                 (1 - cosine between a block's input and output, on search examples), as many as Dr.LLM saves
-  best_static    the single static path, chosen greedily on search examples, with the blocks Dr.LLM uses
-  random_skip    per question, the same number of blocks as Dr.LLM's path for it, skipped at random
-  oracle_search  the MCTS paths on the search set: an upper bound (every kept path is right by construction)
+A configuration is the vanilla model, a router set at a knob, or fixed paths (one for every question, or one
+per question). Every (configuration, question) result is checkpointed, so a long evaluation resumes; the
+checkpoint is named by everything the results depend on. Summaries carry 95% Wilson intervals, and
+comparisons are paired on the questions both configurations answered (drllm_core.stats).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
+from tqdm import tqdm
 
-from drllm_core import io
-from drllm_core.errors import DrllmError
-from drllm_core.paths import EXECUTE, SKIP, LayerPath, PathConstraints
+from drllm_core import tracking
+from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
+from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
+from drllm_core.engine import HiddenState, token_batch
+from drllm_core.errors import ConfigError, config_from, typed
+from drllm_core.inference import RoutedModel
+from drllm_core.models import LoadedModel, weights_fingerprint
+from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import sample
-from drllm_core.rewards import PathRewards
-from drllm_core.routers import routers_hash
-from drllm_core.stats import paired_comparison, wilson_interval
-from drllm_core.tasks.evaluator import ExampleScorer
+from drllm_core.routers import RouterSet
+from drllm_core.routing import check_knob, read_router_config, routers_hash
+from drllm_core.stats import SCORE_COLUMNS, paired_comparison, wilson_interval
+from drllm_core.tasks.answers import Decision, cut_at_stops, decide_choice, decide_math
+from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods
+from drllm_core.tasks.prompts import settings_for
 from drllm_core.tasks.schema import Example, letter
+from drllm_core.tasks.scorer import ExampleScorer, eos_token_ids
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def block_influence(scorer: ExampleScorer, examples: Sequence[Example], batch_size: int = 8) -> list[float]:
-    """ShortGPT's Block Influence per layer: 1 - mean cosine similarity between the hidden state entering and
-    leaving the block, over the prompt tokens of `examples`, on the default path."""
-    engine = scorer.engine
-    totals = torch.zeros(engine.num_layers, dtype=torch.float64)
-    tokens = 0
-    for start in range(0, len(examples), batch_size):
-        rows = [scorer.prompt_ids(e) for e in examples[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [scorer.tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        state = engine.embed(ids, mask)
-        real = mask.bool().to(state.hidden.device)
-        for layer in range(engine.num_layers):
-            before = state.hidden
-            state = engine.run(state, engine.default_paths(len(rows)), stop=layer + 1)
-            cosine = torch.nn.functional.cosine_similarity(before.float(), state.hidden.float(), dim=-1)
-            totals[layer] += (1 - cosine)[real].sum().item()
-        tokens += int(real.sum())
-    return (totals / max(tokens, 1)).tolist()
+@dataclass
+class Configuration:
+    name: str
+    sets: list[str]
+    identity: dict  # what its results depend on besides model, tasks and data (for the checkpoint key)
+    routers: str | None = None  # router folder
+    knob: float = 0.0
+    paths: dict[str, LayerPath] = field(default_factory=dict)  # fixed path per example id
+    path: LayerPath | None = None  # one static path for every question
 
+    @classmethod
+    def routed(cls, name: str, sets: list[str], folder: str, knob: float) -> Configuration:
+        """Routers at a knob, keyed by their content hash (their folder also holds how they route)."""
+        return cls(name, sets, {"routers": routers_hash(folder), "knob": knob}, folder, knob)
 
-def lowest_influence_path(influence: Sequence[float], skips: int) -> LayerPath:
-    """Skip the `skips` layers with the lowest Block Influence (ShortGPT applies no further constraint)."""
-    counts = [EXECUTE] * len(influence)
-    for layer in np.argsort(influence, kind="stable")[:skips]:
-        counts[int(layer)] = SKIP
-    return LayerPath(tuple(counts))
+    @classmethod
+    def static(cls, name: str, sets: list[str], path: LayerPath) -> Configuration:
+        return cls(name, sets, {"static": str(path)}, path=path)
 
-
-def best_static_path(
-    scorer: ExampleScorer, examples: Sequence[Example], skips: int, constraints: PathConstraints
-) -> tuple[LayerPath, list[dict]]:
-    """Greedy: `skips` times, skip the layer whose removal keeps the most search examples right (ties: the
-    larger summed margin). Candidates share prefixes with the current path, so PathRewards reuses them within
-    a round; one example's cached states are dropped before the next example's (bounded memory at any scale)."""
-    current = LayerPath.default(scorer.engine.num_layers)
-    trace = []
-    for _ in range(skips):
-        candidates = [
-            current.with_count(layer, SKIP)
-            for layer, count in enumerate(current.counts)
-            if count == EXECUTE and current.with_count(layer, SKIP).is_valid(current.num_layers, constraints)
-        ]
-        if not candidates:
-            break
-        outcomes = [PathRewards(scorer, example)(candidates) for example in examples]
-        scores = [
-            (sum(o[i].correct for o in outcomes), sum(np.nan_to_num(o[i].margin) for o in outcomes))
-            for i in range(len(candidates))
-        ]
-        best = max(range(len(candidates)), key=lambda i: scores[i])
-        current = candidates[best]
-        trace.append({"path": str(current), "search_correct": scores[best][0], "examples": len(examples)})
-        log.info(
-            "best static path, %d skipped: %s (%d/%d search questions right)",
-            len(trace),
-            current,
-            scores[best][0],
-            len(examples),
+    @classmethod
+    def per_question(cls, name: str, sets: list[str], paths: dict[str, LayerPath]) -> Configuration:
+        return cls(
+            name, sets, {"paths": content_key(sorted((k, str(v)) for k, v in paths.items()))}, paths=paths
         )
-    return current, trace
 
 
-def random_paths(
-    saved: Sequence[int], num_layers: int, constraints: PathConstraints, seed: int
-) -> list[LayerPath]:
-    """For each question, a random valid path that skips `saved[i]` layers (the default path when <= 0)."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for count in saved:
-        path = LayerPath.default(num_layers)
-        for _ in range(1000):
-            layers = rng.choice(num_layers, size=max(0, min(count, num_layers)), replace=False)
-            candidate = LayerPath(
-                tuple(SKIP if i in set(layers.tolist()) else EXECUTE for i in range(num_layers))
-            )
-            if candidate.is_valid(num_layers, constraints):
-                path = candidate
-                break
-        paths.append(path)
-    return paths
+class EvaluationRunner:
+    """Scores configurations on named example sets with one model, checkpointing every result."""
 
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        scorer: ExampleScorer,
+        sets: dict[str, list[Example]],
+        data_hashes: dict[str, str],
+        checkpoints: Path,
+        code: str,
+        batch_size: int = 16,
+    ):
+        self.loaded = loaded
+        self.scorer = scorer
+        self.sets = sets
+        self.data_hashes = data_hashes
+        self.checkpoints = Path(checkpoints)
+        self.code = code
+        self.batch_size = batch_size
+        self.fingerprint = weights_fingerprint(loaded.model)
+        self._routed: dict[str, RoutedModel] = {}
 
-def result_rows(
-    config: str, set_name: str, examples: Sequence[Example], decisions, extra: dict | None = None
-) -> list[dict]:
-    rows = []
-    for example, decision in zip(examples, decisions, strict=True):
-        gold = letter(example.answer_index) if example.choices else example.answer
-        rows.append(
-            {
-                "config": config,
-                "set": set_name,
-                "example_id": example.example_id,
-                "task": example.task,
-                "prediction": decision.prediction,
-                "gold": gold,
-                "correct": bool(decision.correct),
-                "margin": float(decision.margin),
-                "path": list(decision.path),
-                "blocks": int(sum(decision.path)),
-                **(extra or {}),
-            }
+    def routed(self, folder: str, knob: float) -> RoutedModel:
+        """The router set in `folder` on this runner's model and engine, set to `knob`."""
+        if folder not in self._routed:
+            self._routed[folder] = RoutedModel.from_folder(self.loaded, folder, engine=self.scorer.engine)
+        model = self._routed[folder]
+        model.knob = knob
+        return model
+
+    def run(self, config: Configuration) -> list[dict]:
+        return self.run_many([config])[config.name]
+
+    def run_many(self, configs: Sequence[Configuration]) -> dict[str, list[dict]]:
+        """Every configuration's result rows on its sets, each (configuration, question) checkpointed.
+        Configurations whose paths are known before the forward (fixed paths, and cost routers, which
+        decide every skip from the state entering their decision layer) are scored together, batch by
+        batch: the vanilla model's hidden states are computed once and each path resumes from them at its
+        first skipped layer, exact up to the rounding of other batch shapes."""
+        rows: dict[str, list[dict]] = {c.name: [] for c in configs}
+        for set_name in dict.fromkeys(s for c in configs for s in c.sets):
+            active = [c for c in configs if set_name in c.sets]
+            examples = self.sets[set_name]
+            with ExitStack() as stack:
+                checkpoints = {
+                    c.name: stack.enter_context(Checkpoint(self._checkpoint(c, set_name))) for c in active
+                }
+                todo = {
+                    c.name: {e.example_id for e in examples} - set(checkpoints[c.name].records)
+                    for c in active
+                }
+                shared = [c for c in active if self._path_known(c)]
+                generated = {e.example_id for e in examples if self.scorer.scorer_kind(e) != "loglikelihood"}
+                alone = {  # class routers, and generated answers (each path generates): one forward each
+                    c.name: [
+                        e
+                        for e in examples
+                        if e.example_id in todo[c.name] and (c not in shared or e.example_id in generated)
+                    ]
+                    for c in active
+                }
+                union = [
+                    e
+                    for e in examples
+                    if e.example_id not in generated and any(e.example_id in todo[c.name] for c in shared)
+                ]
+                bar = tqdm(total=len(union) + sum(map(len, alone.values())), desc=f"evaluate {set_name}")
+                union.sort(key=lambda e: len(self.scorer.prompt(e).context))
+                for start in range(0, len(union), self.batch_size):
+                    batch = union[start : start + self.batch_size]
+                    wanted = {
+                        c.name: [i for i, e in enumerate(batch) if e.example_id in todo[c.name]]
+                        for c in shared
+                    }
+                    for config, decisions in self._shared_decisions(shared, batch, wanted).items():
+                        chosen = [batch[i] for i in wanted[config]]
+                        for row in result_rows(config, set_name, chosen, decisions):
+                            checkpoints[config].add(row)
+                    bar.update(len(batch))
+                for config in active:
+                    pending = alone[config.name]
+                    for start in range(0, len(pending), self.batch_size * 4):
+                        chunk = pending[start : start + self.batch_size * 4]
+                        for row in result_rows(config.name, set_name, chunk, self._decisions(config, chunk)):
+                            checkpoints[config.name].add(row)
+                        bar.update(len(chunk))
+                bar.close()
+                for config in active:
+                    rows[config.name] += [checkpoints[config.name].records[e.example_id] for e in examples]
+        return rows
+
+    def _checkpoint(self, config: Configuration, set_name: str) -> Path:
+        tasks = sorted({e.task for e in self.sets[set_name]})
+        key = content_key(
+            config.identity,
+            self.fingerprint,
+            str(self.loaded.dtype),
+            self.loaded.device.type,
+            {t: settings_for(t, self.scorer.task_params) for t in tasks},
+            self.data_hashes[set_name],
         )
-    return rows
+        return checkpoint_path(self.checkpoints, f"{config.name}-{set_name}", key, self.code)
+
+    def _path_known(self, config: Configuration) -> bool:
+        """Whether a configuration's paths follow from the vanilla model's states before any skip."""
+        return not config.routers or read_router_config(config.routers).kind == "costs"
+
+    def _shared_decisions(
+        self, configs: Sequence[Configuration], batch: Sequence[Example], wanted: dict[str, list[int]]
+    ) -> dict[str, list[Decision]]:
+        """Decisions of each configuration on the rows of one batch it wants, resuming from vanilla."""
+        engine, layers = self.scorer.engine, self.scorer.engine.num_layers
+        packed = PackedBatch.collate([self.scorer.pack(e) for e in batch], self.scorer.tokenizer.pad_token_id)
+        state = packed.embed(engine)
+        entering = []  # the vanilla hidden state entering each layer, then after the last
+        for layer in range(layers):
+            entering.append(state.hidden)
+            state = engine.run(state, engine.default_paths(len(batch)), stop=layer + 1)
+        entering.append(state.hidden)
+        vanilla = choice_loglikelihoods(engine, state, packed)
+        results = {}
+        for config in configs:
+            rows = wanted[config.name]
+            if not rows:
+                continue
+            counts = self._known_counts(config, batch, packed, entering)[rows]  # (R, L)
+            executes = counts == 1
+            starts = [int(row.logical_not().nonzero()[0]) if not row.all() else layers for row in executes]
+            scores = vanilla[rows].clone()
+            moving = [i for i, start in enumerate(starts) if start < layers]
+            if moving:
+                first = min(starts[i] for i in moving)
+                run_counts = counts[moving].clone()
+                for index, row in enumerate(moving):
+                    run_counts[index, : starts[row]] = 0
+                hidden = torch.cat([entering[starts[i]][rows[i] : rows[i] + 1] for i in moving])
+                resumed = state.select([rows[i] for i in moving])
+                resumed = HiddenState(
+                    hidden, resumed.position_ids, resumed.masks, resumed.position_embeddings, first
+                )
+                final = engine.run(resumed, run_counts)
+                scores[moving] = choice_loglikelihoods(
+                    engine, final, packed.select([rows[i] for i in moving])
+                )
+            decisions = []
+            for index, row in enumerate(rows):
+                example = batch[row]
+                decision = decide_choice(scores[index], example, self.scorer.settings(example.task))
+                decision.path = tuple(int(c) for c in counts[index])
+                decisions.append(decision)
+            results[config.name] = decisions
+        return results
+
+    def _known_counts(self, config, batch, packed, entering) -> Tensor:
+        """(B, L) counts of a configuration whose paths are known: fixed, or a cost router's, decided on
+        the vanilla states as a routed forward would (every layer before its decision executes)."""
+        if not config.routers:
+            return torch.tensor([(config.path or config.paths[e.example_id]).counts for e in batch])
+        decide = self.routed(config.routers, config.knob).decider(packed.prompt_mask())
+        return torch.stack([decide(layer, hidden) for layer, hidden in enumerate(entering[:-1])], dim=1)
+
+    def _decisions(self, config: Configuration, examples: Sequence[Example]) -> list[Decision]:
+        if config.routers:
+            return self.routed(config.routers, config.knob).score(self.scorer, examples, self.batch_size)
+        counts = torch.tensor([(config.path or config.paths[e.example_id]).counts for e in examples])
+        return self.scorer.score(examples, counts, self.batch_size)
+
+
+def result_rows(config: str, set_name: str, examples: Sequence[Example], decisions) -> list[dict]:
+    return [
+        {
+            "config": config,
+            "set": set_name,
+            "example_id": example.example_id,
+            "task": example.task,
+            "prediction": decision.prediction,
+            "gold": letter(example.answer_index) if example.choices else example.answer,
+            "correct": bool(decision.correct),
+            "margin": float(decision.margin),
+            "path": list(decision.path),
+            "blocks": int(sum(decision.path)),
+            "scores": list(decision.scores),  # per choice: the distribution agreement and KL compare
+        }
+        for example, decision in zip(examples, decisions, strict=True)
+    ]
+
+
+def with_agreement(results: pd.DataFrame) -> pd.DataFrame:
+    """The results with, per row, whether the prediction is the vanilla model's on the same question
+    (`agrees`) and the KL divergence of its choice distribution from vanilla's (`kl`, NaN for generated
+    answers): faithfulness, which at equal blocks tells a good skip from a lucky one with far less noise than
+    accuracy on a near-chance model."""
+    vanilla = results[results["config"] == "vanilla"].set_index(["set", "example_id"])
+    keys = list(zip(results["set"], results["example_id"], strict=True))
+    reference = vanilla.reindex(keys)
+    frame = results.copy()
+    frame["agrees"] = results["prediction"].to_numpy() == reference["prediction"].to_numpy()
+    frame["kl"] = [_kl(v, c) for v, c in zip(reference["scores"], results["scores"], strict=True)]
+    return frame
+
+
+def _kl(reference, scores) -> float:
+    if not isinstance(reference, list | np.ndarray) or len(reference) == 0 or len(scores) == 0:
+        return math.nan
+    p, q = (np.exp(np.asarray(x, float) - np.max(x)) for x in (reference, scores))
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(q, 1e-12, 1)))))
 
 
 def summarize(results: pd.DataFrame, num_layers: int) -> pd.DataFrame:
     """Per configuration x set x task (and task 'all'): accuracy with its 95% Wilson interval, blocks per
-    token, blocks saved and share of paths that differ between questions."""
+    token, blocks saved, the number of distinct paths, and agreement with vanilla (95% Wilson interval) and
+    the mean KL divergence from it (see with_agreement)."""
     rows = []
-    for (config, set_name), frame in results.groupby(["config", "set"], sort=False):
-        groups = [("all", frame), *frame.groupby("task", sort=True)]
-        for task, part in groups:
+    for (config, set_name), frame in with_agreement(results).groupby(["config", "set"], sort=False):
+        for task, part in [("all", frame), *frame.groupby("task", sort=True)]:
             correct, n = int(part["correct"].sum()), len(part)
             low, high = wilson_interval(correct, n)
             blocks = float(part["blocks"].mean())
@@ -167,104 +302,411 @@ def summarize(results: pd.DataFrame, num_layers: int) -> pd.DataFrame:
                     "blocks_saved": num_layers - blocks,
                     "saved_pct": 100 * (1 - blocks / num_layers),
                     "distinct_paths": int(part["path"].map(tuple).nunique()),
+                    "agreement": float(part["agrees"].mean()),
+                    "agreement_low": wilson_interval(int(part["agrees"].sum()), n)[0],
+                    "agreement_high": wilson_interval(int(part["agrees"].sum()), n)[1],
+                    "kl_from_vanilla": float(part["kl"].mean()) if part["kl"].notna().any() else math.nan,
                 }
             )
     return pd.DataFrame(rows)
 
 
 def compare(results: pd.DataFrame, config: str, reference: str, set_name: str) -> dict | None:
-    """Paired comparison of two configurations on the questions both answered."""
-    a = results[(results["config"] == config) & (results["set"] == set_name)].set_index("example_id")[
-        "correct"
-    ]
-    b = results[(results["config"] == reference) & (results["set"] == set_name)].set_index("example_id")[
-        "correct"
-    ]
+    """Paired comparison of two configurations on the questions both answered (None: no shared question):
+    accuracy, and agreement with vanilla (`agreement_*`; against vanilla itself it is the share changed)."""
+    frame = with_agreement(results)
+
+    def column(name: str, field: str) -> pd.Series:
+        chosen = frame[(frame["config"] == name) & (frame["set"] == set_name)]
+        return chosen.set_index("example_id")[field]
+
+    a, b = column(config, "correct"), column(reference, "correct")
     shared = a.index.intersection(b.index)
     if shared.empty:
         return None
+    agreement = paired_comparison(
+        column(config, "agrees").loc[shared].tolist(), column(reference, "agrees").loc[shared].tolist()
+    )
     return {
         "config": config,
         "reference": reference,
         "set": set_name,
         **paired_comparison(a.loc[shared].tolist(), b.loc[shared].tolist()),
+        **{f"agreement_{k}": v for k, v in agreement.items() if k != "n"},
     }
 
 
-def held_out_search_questions(search_set: Sequence[Example], search: dict, count: int) -> list[Example]:
-    """`count` search-set questions the search did not use (its `max_examples` sample by `seed`): labels
-    never saw them, so the knob is chosen on them (and label rules are compared on them)."""
-    searched = {e.example_id for e in sample(search_set, search.get("max_examples"), search.get("seed", 0))}
-    return sample([e for e in search_set if e.example_id not in searched], count, 1)
+def comparisons(results: pd.DataFrame, references: Sequence[str], set_names: Sequence[str]) -> list[dict]:
+    """Every configuration against vanilla, and Dr.LLM against each of `references`, on each set both
+    answered."""
+    configs = list(dict.fromkeys(results["config"]))
+    pairs = [(c, "vanilla") for c in configs if c != "vanilla"] + [("drllm", r) for r in references]
+    found = (compare(results, a, b, s) for a, b in pairs for s in set_names)
+    return [c for c in found if c is not None]
 
 
-def calibrate_knob(
-    scorer: ExampleScorer,
-    routed,
-    examples: Sequence[Example],
-    grid: Sequence[float],
-    min_blocks_saved: float,
-    batch_size: int = 16,
-) -> tuple[float, list[dict]]:
-    """Choose the routing knob on held-out search questions (never the test sets): accuracy and blocks saved
-    of every grid value, then `choose_knob_from`."""
-    table = []
-    for done, knob in enumerate(grid, 1):
-        routed.knob = float(knob)
-        decisions = routed.score(scorer, examples, batch_size)
-        table.append({"knob": float(knob), **accuracy_and_blocks_saved(decisions, scorer.engine.num_layers)})
-        log.info(
-            "calibration %d/%d: knob %+g, accuracy %.3f, blocks saved %.2f",
-            done,
-            len(grid),
-            knob,
-            table[-1]["accuracy"],
-            table[-1]["blocks_saved"],
-        )
-    return choose_knob_from(table, min_blocks_saved), table
+def speed_check(routed: RoutedModel, scorer: ExampleScorer, examples: Sequence[Example], tokens: int) -> dict:
+    """A small wall-clock check: routed vs vanilla greedy generation at batch 1 on the task prompts the
+    routers were evaluated on, the same number of new tokens for both (no stop at EOS), after a warm-up,
+    the two variants alternating. benchmarks/inference.py is the measurement; this is a smoke check."""
+    engine = routed.engine
+    timings = {"vanilla": 0.0, "drllm": 0.0}
+    blocks = []
+    for index, example in enumerate(examples):
+        ids = torch.tensor([scorer.prompt_ids(example)])
+        mask = torch.ones_like(ids)
+        for variant in timings:
+            decide = routed.decider(mask.bool()) if variant == "drllm" else None
+            if index == 0:
+                engine.generate(ids, None, mask, tokens, decide=decide)  # warm-up
+                decide = routed.decider(mask.bool()) if variant == "drllm" else None
+            start = time.perf_counter()
+            generation = engine.generate(ids, None, mask, tokens, decide=decide)
+            timings[variant] += time.perf_counter() - start
+            if variant == "drllm":
+                blocks.append(int(generation.counts.sum()))
+    layers = engine.num_layers
+    return {
+        "prompts": len(examples),
+        "new_tokens": tokens,
+        "vanilla_seconds": timings["vanilla"],
+        "drllm_seconds": timings["drllm"],
+        "time_saved_pct": 100 * (1 - timings["drllm"] / timings["vanilla"]),
+        "blocks_saved_pct": 100 * (1 - sum(blocks) / (len(blocks) * layers)),
+    }
 
 
 @dataclass(frozen=True)
-class OperatingPoint:
-    """How a router set routes wherever it runs: the knob the calibrate stage chose and the skip-run limit
-    (search.max_skip_run) it was calibrated under. `evaluate` measures the routers there and `register` serves
-    them there, so the registered version behaves as evaluated."""
+class EvaluateSettings:
+    """params.yaml's `evaluate` section."""
 
-    knob: float
-    max_skip_run: int | None
-    calibration: list[dict]
+    knob_sweep: tuple[float, ...] = ()  # Dr.LLM at other knobs, in-domain (the accuracy/compute trade-off)
+    other_routers: tuple[str, ...] = ()  # router sets of train.routers compared in-domain at Dr.LLM's knob
+    static_budgets: tuple[int, ...] = (1, 2, 3)  # skipped layers of the static baselines
+    static_examples: int = 96  # labelled search questions that choose the static baselines
+    seed: int = 0
+    speed_prompts: int = 4  # the routed-vs-vanilla generation smoke check
+    speed_tokens: int = 32
+    generation_questions: int = 40  # in-domain questions asked open: routed generation against vanilla's
+    generation_tokens: int = 48
 
-
-def operating_point(path: str | Path, routers: str | Path) -> OperatingPoint:
-    """The operating point the calibrate stage wrote to `path`, refusing a file written for other routers
-    (their content hash differs) or by a version that did not record the skip-run limit."""
-    if not Path(path).is_file():
-        raise DrllmError(f"{path} not found: run `dvc repro calibrate` (it chooses the routers' knob)")
-    chosen = io.read_json(path)
-    if chosen.get("routers_hash") != routers_hash(routers):
-        raise DrllmError(f"{path} was calibrated for other routers than {routers}: run `dvc repro calibrate`")
-    if "max_skip_run" not in chosen:
-        raise DrllmError(
-            f"{path} does not record the skip-run limit: run `dvc repro calibrate` to rewrite it"
+    @classmethod
+    def from_params(cls, params: dict) -> EvaluateSettings:
+        values = dict(params)
+        sweep = tuple(check_knob(v, "evaluate.knob_sweep") for v in values.pop("knob_sweep", None) or [])
+        other = tuple(str(name) for name in values.pop("other_routers", None) or [])
+        unsafe = [name for name in other if not name or "/" in name or name.startswith(".")]
+        if unsafe:  # names become folder and checkpoint file names
+            raise ConfigError(
+                f"evaluate.other_routers must be router set names (train.routers), got {unsafe}"
+            )
+        budgets = tuple(
+            typed(b, int, "evaluate.static_budgets") for b in values.pop("static_budgets", None) or [1]
         )
-    return OperatingPoint(float(chosen["knob"]), chosen["max_skip_run"], chosen.get("calibration", []))
+        if any(b < 1 for b in budgets):
+            raise ConfigError(
+                f"evaluate.static_budgets must be numbers of skipped layers, at least 1, got {list(budgets)}"
+            )
+        values |= {"knob_sweep": sweep, "other_routers": other, "static_budgets": tuple(sorted(set(budgets)))}
+        settings = config_from(cls, "evaluate", values)
+        for name in ("static_examples", "speed_prompts", "speed_tokens", "generation_tokens"):
+            if getattr(settings, name) < 1:
+                raise ConfigError(f"evaluate.{name} must be at least 1, got {getattr(settings, name)}")
+        return settings
 
 
-def accuracy_and_blocks_saved(decisions, num_layers: int) -> dict:
-    """Accuracy and mean blocks saved per token of scored decisions (each with `.correct` and `.path`)."""
+@dataclass
+class Evaluation:
+    """What `evaluate_routers` found: every result row, their summary and the paired comparisons."""
+
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    comparisons: list[dict]
+    knob: float
+    static: dict  # the static baselines' paths and how they were chosen
+
+
+def evaluate_routers(
+    runner: EvaluationRunner,
+    routers: str,
+    other_routers: dict[str, str],
+    labelled: Sequence[Example],
+    settings: EvaluateSettings,
+    constraints: PathConstraints,
+) -> Evaluation:
+    """Score vanilla, Dr.LLM (the calibrated router set in `routers`, at its knob and over the sweep), the
+    other router sets at the same knob, and the static baselines at every budget of `static_budgets`,
+    chosen on `static_examples` of the `labelled` search questions (those the routers learned from): the
+    greedy best static path (most answers right), the faithful static path (most vanilla answers kept) and
+    ShortGPT's Block Influence pruning; then random skips at Dr.LLM's own per-question budget. All on the
+    same questions; Dr.LLM is compared with each baseline at the budget nearest its own blocks saved."""
+    layers = runner.loaded.num_layers
+    all_sets, in_domain = list(runner.sets), ["eval_id"]
+    knob = RouterSet.read_routing(routers).knob
+    chosen = sample(list(labelled), settings.static_examples, settings.seed)
+    influence = block_influence(runner.scorer, chosen)
+    static, trace = static_paths(runner.scorer, chosen, settings.static_budgets, constraints)
+    static["shortgpt_bi"] = {b: lowest_influence_path(influence, b) for b in settings.static_budgets}
+    first = min(settings.static_budgets)
+    configs = [
+        Configuration.static("vanilla", all_sets, LayerPath.default(layers)),
+        Configuration.routed("drllm", all_sets, routers, knob),
+        *(
+            Configuration.routed(f"drllm_knob_{v:+g}", in_domain, routers, v)
+            for v in settings.knob_sweep
+            if v != knob
+        ),
+        *(
+            Configuration.routed(f"routers_{name}", in_domain, folder, knob)
+            for name, folder in other_routers.items()
+        ),
+        *(
+            Configuration.static(
+                f"{name}_{budget}",
+                all_sets if budget == first and name != "faithful_static" else in_domain,
+                path,
+            )
+            for name, paths in static.items()
+            for budget, path in paths.items()
+        ),
+    ]
+    results = pd.DataFrame([row for rows in runner.run_many(configs).values() for row in rows])
+    drllm_id = results[(results["config"] == "drllm") & (results["set"] == "eval_id")]
+    saved = dict(zip(drllm_id["example_id"], layers - drllm_id["blocks"], strict=True))
+    random = random_paths(list(saved.values()), layers, constraints, settings.seed)
+    random_config = Configuration.per_question(
+        "random_skip", in_domain, dict(zip(saved, random, strict=True))
+    )
+    results = pd.concat([results, pd.DataFrame(runner.run(random_config))], ignore_index=True)
+    budget = min(settings.static_budgets, key=lambda b: abs(b - (layers - drllm_id["blocks"].mean())))
+    references = [
+        *(f"{name}_{budget}" for name in static),
+        "random_skip",
+        *(f"routers_{n}" for n in other_routers),
+    ]
+    chosen_paths = {name: {str(b): str(p) for b, p in paths.items()} for name, paths in static.items()}
+    details = {
+        "static_budget": budget,
+        "static_paths": chosen_paths,
+        "static_trace": trace,
+        "block_influence": influence,
+    }
+    return Evaluation(
+        results, summarize(results, layers), comparisons(results, references, all_sets), knob, details
+    )
+
+
+def metrics_document(
+    evaluation: Evaluation,
+    num_layers: int,
+    routers: str,
+    oracle: pd.DataFrame,
+    searched: dict,
+    generation: dict,
+) -> dict:
+    """metrics/eval.json: per configuration and set the headline figures, the comparisons, per task
+    figures, the static baselines, and the oracle on the search set (`oracle`: the search output the served
+    routers learned from, `searched`: its stats) as an upper bound."""
+    overall = evaluation.summary[evaluation.summary["task"] == "all"]
     return {
-        "accuracy": float(np.mean([d.correct for d in decisions])),
-        "blocks_saved": float(num_layers - np.mean([sum(d.path) for d in decisions])),
+        "num_layers": num_layers,
+        "routers_hash": routers_hash(routers),
+        "knob": evaluation.knob,
+        **evaluation.static,
+        "configs": {
+            f"{row.config}/{row.set}": {
+                k: getattr(row, k)
+                for k in (
+                    *SCORE_COLUMNS,
+                    "distinct_paths",
+                    "agreement",
+                    "agreement_low",
+                    "agreement_high",
+                    "kl_from_vanilla",
+                )
+            }
+            for row in overall.itertuples()
+        },
+        "oracle_search": oracle_figures(oracle, searched, num_layers),
+        "comparisons": evaluation.comparisons,
+        "generation": generation,
+        "per_task": evaluation.summary.to_dict("records"),
     }
 
 
-def choose_knob_from(table: Sequence[dict], min_blocks_saved: float) -> float:
-    """Among the grid values saving at least `min_blocks_saved` blocks per token, the one that skips least
-    (ties: the more accurate); when none saves that much, the one saving the most. Not the most accurate one:
-    on a few hundred questions neighbouring grid values differ in accuracy by noise while blocks saved are
-    measured precisely. Picking by accuracy chose knob 0 over +0.12 on the default model by one question in
-    300 (0.3 points); knob 0 then saved 3.6 blocks at -8.5 points in-domain."""
-    enough = [row for row in table if row["blocks_saved"] >= min_blocks_saved]
-    if not enough:
-        return max(table, key=lambda r: r["blocks_saved"])["knob"]
-    return min(enough, key=lambda r: (r["blocks_saved"], -r["accuracy"]))["knob"]
+def headline(document: dict) -> dict:
+    """metrics/headline.json: the few flat figures `dvc exp show` and `dvc metrics diff` compare at a glance
+    (eval.json is nested lists). Accuracies and differences in points; None where a figure was not measured
+    (Dr.LLM is compared with the best static path at the budget nearest its saving, which may be in-domain
+    only)."""
+    configs, static = document["configs"], f"best_static_{document['static_budget']}"
+    flat: dict[str, float | None] = {"knob": document["knob"]}
+
+    def points(value):
+        return None if value is None else 100 * value
+
+    for set_name, short in (("eval_id", "id"), ("eval_ood", "ood")):
+        for config in ("vanilla", "drllm"):
+            figures = configs.get(f"{config}/{set_name}", {})
+            flat[f"{config}_{short}_acc"] = points(figures.get("accuracy"))
+        blocks = configs.get(f"drllm/{set_name}", {}).get("blocks_per_token")
+        flat[f"drllm_{short}_blocks_saved"] = None if blocks is None else document["num_layers"] - blocks
+        for reference, name in (("vanilla", "vanilla"), (static, "static")):
+            found = next(
+                (
+                    c
+                    for c in document["comparisons"]
+                    if c["config"] == "drllm" and c["reference"] == reference and c["set"] == set_name
+                ),
+                {},
+            )
+            for key in ("difference", "ci_low", "ci_high"):
+                flat[f"drllm_{short}_vs_{name}_{key.replace('difference', 'diff')}"] = points(found.get(key))
+            flat[f"drllm_{short}_vs_{name}_p"] = found.get("mcnemar_p")
+    return flat
+
+
+def oracle_figures(paths: pd.DataFrame, searched: dict, num_layers: int) -> dict:
+    """Each search question on its best labelled path: an upper bound, since no router sees the answer. Path
+    labels: the kept path (right by construction; a dropped question counts as wrong on the default path).
+    Skip costs: the single skip that changes the answer least (its correctness as the search scored it)."""
+    if "costs" not in paths:
+        blocks = paths["blocks"].sum() + num_layers * searched["dropped_no_correct_path"]
+        return {
+            "n": int(searched["examples"]),
+            "accuracy": searched["kept"] / searched["examples"],
+            "blocks_per_token": float(blocks / searched["examples"]),
+        }
+    correct = []
+    for row in paths.itertuples():
+        costs = np.nan_to_num(np.asarray(row.costs, dtype=float), nan=np.inf)
+        if np.isinf(costs).all():  # a generated answer: no choice distribution, no cost
+            continue
+        path = [0 if i == int(costs.argmin()) else 1 for i in range(num_layers)]
+        correct.append(bool(row.scored_correct[[list(p) for p in row.scored_labels].index(path)]))
+    return {"n": len(paths), "accuracy": float(np.mean(correct)), "blocks_per_token": float(num_layers - 1)}
+
+
+def pareto_rows(evaluation: Evaluation) -> pd.DataFrame:
+    """In-domain accuracy against blocks per token, one row per configuration (plots/eval/pareto.csv)."""
+    overall = evaluation.summary[
+        (evaluation.summary["task"] == "all") & (evaluation.summary["set"] == "eval_id")
+    ]
+    return overall[["config", "accuracy", "blocks_per_token", "ci_low", "ci_high"]]
+
+
+def log_runs(
+    evaluation: Evaluation, folders: dict[str, str], registered_model: str, generation: dict
+) -> None:
+    """One MLflow run per configuration: accuracy, agreement and layers saved per set and task, and the
+    comparisons (Dr.LLM's with its generation agreement); routed configurations are tagged with their router
+    set's hash, and Dr.LLM with its registered version."""
+    for config, frame in evaluation.summary.groupby("config", sort=False):
+        tags = {"drllm.config": config}
+        if config in folders:
+            digest = routers_hash(folders[config])
+            tags[tracking.ROUTERS_HASH_TAG] = digest
+            version = tracking.find_version(registered_model, digest) if config == "drllm" else None
+            if version is not None:
+                tags["drllm.registered_model"] = f"models:/{registered_model}/{version.version}"
+        metrics = {}
+        for row in frame.itertuples():
+            prefix = f"{row.set}.{row.task}"
+            metrics |= {
+                f"{prefix}.accuracy": row.accuracy,
+                f"{prefix}.layers_saved_pct": row.saved_pct,
+                f"{prefix}.blocks_per_token": row.blocks_per_token,
+            }
+        if config == "drllm":
+            metrics |= {
+                f"generation.{s}.{k}": v for s, figures in generation.items() for k, v in figures.items()
+            }
+        for row in frame.itertuples():
+            metrics[f"{row.set}.{row.task}.agreement"] = row.agreement
+        for comparison in (c for c in evaluation.comparisons if c["config"] == config):
+            ref = f"vs_{comparison['reference']}.{comparison['set']}"
+            metrics |= {
+                f"{ref}.difference": comparison["difference"],
+                f"{ref}.mcnemar_p": comparison["mcnemar_p"],
+            }
+        tracking.log_stage("evaluate", {}, metrics, tags, name=f"evaluate-{config}")
+
+
+def generation_check(
+    routed: RoutedModel,
+    scorer: ExampleScorer,
+    questions: Sequence[Example],
+    problems: Sequence[Example],
+    max_new_tokens: int,
+    batch_size: int = 8,
+) -> tuple[dict, list[dict]]:
+    """Routing measured on what the registry serves, greedy generation in the served format: `questions`
+    (in-domain, asked open: the question alone as the user's turn) and `problems` (prompted and scored as
+    their task is, GSM8K style with math-verify), routed and vanilla. Per set: the share of continuations
+    identical to vanilla's, the mean number of tokens before the first divergence, the task score where a
+    reference exists, and blocks saved per token. Returns the figures and one row per prompt."""
+    layers = routed.loaded.num_layers
+    rows = []
+    for set_name, examples in (("open", list(questions)), ("math", list(problems))):
+        if set_name == "open":
+            prompts = [routed.prompt_ids(e.question) for e in examples]
+            tokens = [max_new_tokens] * len(examples)
+        else:
+            prompts = [scorer.prompt_ids(e) for e in examples]
+            tokens = [scorer.settings(e.task).max_new_tokens for e in examples]
+        for start in range(0, len(examples), batch_size):
+            chunk = slice(start, start + batch_size)
+            vanilla = _greedy(routed, prompts[chunk], max(tokens[chunk]), routed_paths=False)
+            drllm = _greedy(routed, prompts[chunk], max(tokens[chunk]), routed_paths=True)
+            for example, (v_tokens, _), (d_tokens, path) in zip(examples[chunk], vanilla, drllm, strict=True):
+                row = {
+                    "set": set_name,
+                    "example_id": example.example_id,
+                    "identical": v_tokens == d_tokens,
+                    "tokens_to_divergence": _common_prefix(v_tokens, d_tokens),
+                    "blocks_saved": layers - sum(path),
+                }
+                if set_name == "math":
+                    for name, generated in (("vanilla", v_tokens), ("drllm", d_tokens)):
+                        text = cut_at_stops(
+                            scorer.tokenizer.decode(generated, skip_special_tokens=True),
+                            scorer.prompt(example).stops,
+                        )
+                        row[f"{name}_correct"] = decide_math(text, example).correct
+                rows.append(row)
+    frame = pd.DataFrame(rows)
+    figures = {}
+    for set_name, part in frame.groupby("set", sort=False) if len(frame) else ():
+        figures[set_name] = {
+            "n": len(part),
+            "identical_share": float(part["identical"].mean()),
+            "mean_tokens_to_divergence": float(part["tokens_to_divergence"].mean()),
+            "blocks_saved": float(part["blocks_saved"].mean()),
+        }
+        if "vanilla_correct" in part and part["vanilla_correct"].notna().all():
+            figures[set_name] |= {
+                "vanilla_score": float(part["vanilla_correct"].mean()),
+                "drllm_score": float(part["drllm_correct"].mean()),
+            }
+    return figures, rows
+
+
+def _greedy(routed: RoutedModel, prompts: list[list[int]], max_new_tokens: int, routed_paths: bool):
+    """(generated token ids up to and with EOS, path) per prompt, vanilla or routed."""
+    tokenizer = routed.loaded.tokenizer
+    ids, mask = token_batch(prompts, tokenizer.pad_token_id, left=True)
+    decide = routed.decider(mask.bool()) if routed_paths else None
+    eos = eos_token_ids(routed.loaded.model, tokenizer)
+    out = routed.engine.generate(ids, None, mask, max_new_tokens, eos, tokenizer.pad_token_id, decide=decide)
+    return [
+        (out.tokens[row, : int(out.lengths[row])].tolist(), [int(c) for c in out.counts[row]])
+        for row in range(len(prompts))
+    ]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Tokens two generations share before they first differ (all of them when one is a prefix)."""
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return min(len(a), len(b))

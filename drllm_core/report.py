@@ -1,7 +1,7 @@
 """The pipeline report: figures (matplotlib) and the same tables as Markdown and as a self-contained HTML page.
 
 Every number in a table comes from the stage outputs as written (metrics/eval.json, metrics/train/*.json,
-data/paths/*/stats.json, metrics/speed.json), so the report can be checked against them.
+data/paths/*/stats.json), so the report can be checked against them.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from drllm_core.labels import CLASS_NAMES
+from drllm_core.paths import CLASS_NAMES
+from drllm_core.stats import SCORE_COLUMNS
 
 FIGURES = {
-    "pareto": "Accuracy vs blocks executed per token (in-domain test)",
+    "pareto": "Accuracy and agreement with vanilla vs blocks executed per token (in-domain test)",
     "routing": "Dr.LLM routing: share of skip / execute / repeat by layer and task family",
     "labels": "Label classes found by each search strategy",
     "confusion": "Router confusion matrix on held-out search examples (MCTS labels)",
@@ -28,23 +29,41 @@ FIGURES = {
 
 
 def pareto_figure(eval_metrics: dict, path: Path) -> None:
+    """Accuracy and agreement with vanilla against blocks per token, in-domain: each family of
+    configurations (Dr.LLM over its knobs, each static baseline over its budgets) one line, the others
+    points, named in the legend so that no label covers another."""
     configs = {k.split("/")[0]: v for k, v in eval_metrics["configs"].items() if k.endswith("/eval_id")}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families: dict[str, list[tuple[str, dict]]] = {}
     for name, row in configs.items():
-        err = [[row["accuracy"] - row["ci_low"]], [row["ci_high"] - row["accuracy"]]]
-        style = {"color": "C3", "marker": "*", "markersize": 12} if name == "drllm" else {"marker": "o"}
-        ax.errorbar(row["blocks_per_token"], row["accuracy"], yerr=err, capsize=3, linestyle="none", **style)
-        ax.annotate(
-            name,
-            (row["blocks_per_token"], row["accuracy"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=7,
+        family = (
+            "drllm" if name.startswith("drllm") else name.rsplit("_", 1)[0] if name[-1].isdigit() else name
         )
-    ax.set_xlabel("blocks executed per token")
-    ax.set_ylabel("accuracy (95% interval)")
-    ax.set_title(FIGURES["pareto"], fontsize=10)
-    ax.grid(alpha=0.3)
+        families.setdefault(family, []).append((name, row))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, (metric, low, high, label) in zip(
+        axes,
+        (
+            ("accuracy", "ci_low", "ci_high", "accuracy"),
+            ("agreement", "agreement_low", "agreement_high", "agreement with vanilla"),
+        ),
+        strict=True,
+    ):
+        for index, (family, members) in enumerate(sorted(families.items())):
+            members = sorted(members, key=lambda m: m[1]["blocks_per_token"])
+            x = [m[1]["blocks_per_token"] for m in members]
+            y = [m[1][metric] for m in members]
+            err = [[m[1][metric] - m[1][low] for m in members], [m[1][high] - m[1][metric] for m in members]]
+            style = (
+                {"color": "C3", "marker": "*", "markersize": 11, "linewidth": 2}
+                if family == "drllm"
+                else {"color": f"C{index % 10}", "marker": "o"}
+            )
+            axis.errorbar(x, y, yerr=err, capsize=3, label=family, **style)
+        axis.set_xlabel("blocks executed per token")
+        axis.set_ylabel(f"{label} (95% interval)")
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(FIGURES["pareto"], fontsize=10)
     _save(fig, path)
 
 
@@ -53,7 +72,7 @@ def routing_figure(results: pd.DataFrame, families: dict[str, str], num_layers: 
     routed["family"] = routed["task"].map(lambda t: families.get(t, t))
     groups = sorted(routed["family"].unique())
     fig, axes = plt.subplots(1, 3, figsize=(12, 0.5 * len(groups) + 2), sharey=True)
-    for axis, (value, name) in zip(axes, CLASS_NAMES.items(), strict=True):
+    for axis, (value, name) in zip(axes, enumerate(CLASS_NAMES), strict=True):
         grid = (
             np.array(
                 [
@@ -79,7 +98,7 @@ def labels_figure(search_stats: dict[str, dict], path: Path) -> None:
     strategies = list(search_stats)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bottom = np.zeros(len(strategies))
-    for name in CLASS_NAMES.values():
+    for name in CLASS_NAMES:
         shares = np.array([search_stats[s]["label_shares"][name] for s in strategies])
         ax.bar(strategies, shares, bottom=bottom, label=name)
         bottom += shares
@@ -93,7 +112,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], path: Path) -> None:
     matrix = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(matrix, cmap="Blues")
-    names = list(CLASS_NAMES.values())
+    names = list(CLASS_NAMES)
     ax.set_xticks(range(3), names)
     ax.set_yticks(range(3), names)
     ax.set_xlabel("predicted")
@@ -113,9 +132,192 @@ def _save(fig, path: Path) -> None:
 
 
 # ---- tables -------------------------------------------------------------------------------------------------
+SEARCH_COLUMNS = (
+    "examples",
+    "kept",
+    "kept_share",
+    "wrong_to_correct",
+    "mean_blocks_saved",
+    "layer_evaluations_per_simulation",
+    "simulations_per_example",
+)
+ROUTER_COLUMNS = (  # class routers, then cost routers: each set shows the columns it has
+    "train_examples",
+    "val_examples",
+    "val_macro_f1",
+    "majority_macro_f1",
+    "prior_macro_f1",
+    "val_accuracy",
+    "majority_accuracy",
+    "val_changed",
+    "static_changed",
+    "oracle_changed",
+    "val_mse",
+    "trivial_mse",
+)
+
+
+def report_sections(
+    evaluation: dict,
+    calibration: dict,
+    search_stats: dict[str, dict],
+    training: dict[str, dict],
+    runs: list[tuple[str, str]],
+    figures: Sequence[str],
+) -> list[tuple[str, str, object]]:
+    """The report's sections (see render) from metrics/eval.json, metrics/calibration.json, the search stats
+    per strategy, the train metrics per router set, the MLflow run links and the figures drawn."""
+    layers = evaluation["num_layers"]
+    oracle = evaluation["oracle_search"]
+    config_rows = [
+        {"configuration": key.split("/")[0], "set": key.split("/")[1], **values}
+        for key, values in evaluation["configs"].items()
+    ]
+    config_rows.append(
+        {
+            "configuration": "oracle_search",
+            "set": "search",
+            "n": oracle["n"],
+            "accuracy": oracle["accuracy"],
+            "ci_low": "",
+            "ci_high": "",
+            "blocks_per_token": oracle["blocks_per_token"],
+            "saved_pct": 100 * (1 - oracle["blocks_per_token"] / layers),
+            "distinct_paths": "",
+        }
+    )
+    comparison_rows = [
+        {
+            "configuration": c["config"],
+            "versus": c["reference"],
+            "set": c["set"],
+            "n": c["n"],
+            "difference": c["difference"],
+            "ci_low": c["ci_low"],
+            "ci_high": c["ci_high"],
+            "mcnemar_p": c["mcnemar_p"],
+            "verdict": ("better" if c["difference"] > 0 else "worse") if c["significant"] else "within noise",
+            "agreement_difference": c["agreement_difference"],
+            "agreement_p": c["agreement_mcnemar_p"],
+        }
+        for c in evaluation["comparisons"]
+    ]
+    task_rows = [
+        {k: r[k] for k in ("config", "set", "task", *SCORE_COLUMNS)}
+        for r in evaluation["per_task"]
+        if r["config"] in ("vanilla", "drllm") and r["task"] != "all"
+    ]
+    search_rows = [{"strategy": s, **{k: v[k] for k in SEARCH_COLUMNS}} for s, v in search_stats.items()]
+    router_rows = [
+        {"routers": name, **{k: m.get(k, "") for k in ROUTER_COLUMNS}} for name, m in training.items()
+    ]
+    calibration_rows = [
+        {"knob": r["knob"], "accuracy": r["accuracy"], "blocks_saved": r["blocks_saved"]}
+        for r in calibration["calibration"]
+    ]
+    generation_rows = [
+        {"prompts": name, **figures} for name, figures in evaluation.get("generation", {}).items()
+    ]
+    static_rows = [
+        {"baseline": name, "skipped": budget, "path": path}
+        for name, paths in evaluation["static_paths"].items()
+        for budget, path in paths.items()
+    ]
+    return [
+        ("Summary", "text", headline(evaluation)),
+        ("Accuracy and compute", "figure", "pareto"),
+        ("Results per configuration", "table", (config_rows, "results")),
+        ("Paired comparisons", "table", (comparison_rows, "comparisons")),
+        ("Vanilla and Dr.LLM per task", "table", (task_rows, "per-task")),
+        (
+            "Generation: routed answers against vanilla's (greedy, served format)",
+            "table",
+            (generation_rows, "generation"),
+        ),
+        ("Knob calibration on held-out search questions", "table", (calibration_rows, "calibration")),
+        ("Static baselines (layer counts, 0 = skipped)", "table", (static_rows, "static")),
+        ("Routing patterns", "figure", "routing"),
+        ("Search", "table", (search_rows, "search")),
+        ("Label classes", "figure", "labels"),
+        ("Routers", "table", (router_rows, "routers")),
+        *([("Router confusion", "figure", "confusion")] if "confusion" in figures else []),
+        ("MLflow runs", "links", runs),
+    ]
+
+
+def headline(evaluation: dict) -> str:
+    drllm = next(
+        (
+            c
+            for c in evaluation["comparisons"]
+            if c["config"] == "drllm" and c["reference"] == "vanilla" and c["set"] == "eval_id"
+        ),
+        None,
+    )
+    if drllm is None:
+        return "Dr.LLM was not evaluated."
+    return (
+        f"In-domain, Dr.LLM scores {drllm['difference'] * 100:+.1f} points against the vanilla model "
+        f"(paired 95% interval {drllm['ci_low'] * 100:+.1f} to {drllm['ci_high'] * 100:+.1f}, McNemar p = "
+        f"{drllm['mcnemar_p']:.3f}) while executing {evaluation['configs']['drllm/eval_id']['blocks_per_token']:.2f} "
+        f"of {evaluation['num_layers']} blocks per token (knob {evaluation.get('knob', 0.0):+g})."
+    )
+
+
+SUMMARY_CONFIGS = ("vanilla", "drllm", "best_static", "faithful_static", "shortgpt_bi", "random_skip")
+
+
+def summary_markdown(evaluation: dict) -> str:
+    """reports/summary.md, which the README includes: the headline configurations in percent (the static
+    baselines at the budget Dr.LLM is compared at), and Dr.LLM against each on the same questions."""
+    budget = evaluation["static_budget"]
+    wanted = [f"{c}_{budget}" if c.endswith(("static", "_bi")) else c for c in SUMMARY_CONFIGS]
+    versus = {(c["config"], c["reference"], c["set"]): c for c in evaluation["comparisons"]}
+
+    def interval(low: float, high: float) -> str:
+        return f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+
+    lines = [
+        "| configuration | set | n | accuracy % [95% CI] | agrees with vanilla % | blocks saved / token "
+        "| vs vanilla, points [paired 95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in evaluation["configs"].items():
+        config, set_name = key.split("/")
+        if config not in wanted:
+            continue
+        paired = versus.get((config, "vanilla", set_name))
+        difference = (
+            f"{100 * paired['difference']:+.1f} {interval(paired['ci_low'], paired['ci_high'])}"
+            if paired
+            else "–"
+        )
+        lines.append(
+            f"| {config} | {set_name} | {row['n']} | {100 * row['accuracy']:.1f} [{100 * row['ci_low']:.1f}, "
+            f"{100 * row['ci_high']:.1f}] | {100 * row['agreement']:.1f} | {evaluation['num_layers'] - row['blocks_per_token']:.2f} "
+            f"| {difference} |"
+        )
+    lines += [
+        "",
+        "| Dr.LLM versus | set | accuracy, points [paired 95% CI] | McNemar p | agreement, points | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in evaluation["comparisons"]:
+        if c["config"] != "drllm" or c["reference"] == "vanilla":
+            continue
+        verdict = ("better" if c["difference"] > 0 else "worse") if c["significant"] else "within noise"
+        lines.append(
+            f"| {c['reference']} | {c['set']} | {100 * c['difference']:+.1f} {interval(c['ci_low'], c['ci_high'])} "
+            f"| {c['mcnemar_p']:.3f} | {100 * c['agreement_difference']:+.1f} | {verdict} |"
+        )
+    return "\n".join([headline(evaluation), "", *lines]) + "\n"
+
+
 def fmt(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float) and value != value:  # NaN: not measured
+        return ""
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)
@@ -126,7 +328,7 @@ def markdown_table(rows: list[dict]) -> str:
         return "_none_\n"
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -137,7 +339,7 @@ def html_table(rows: list[dict], table_id: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>"
-        + "".join(f'<td data-col="{html.escape(c)}">{html.escape(fmt(r[c]))}</td>' for c in columns)
+        + "".join(f'<td data-col="{html.escape(c)}">{html.escape(fmt(r.get(c, "")))}</td>' for c in columns)
         + "</tr>"
         for r in rows
     )

@@ -1,87 +1,98 @@
-"""Stage `calibrate`: the MCTS routers' operating point, the routing knob they are registered and evaluated at.
+"""Stage `calibrate`: the routing knob of the MCTS routers, chosen on held-out search questions.
 
-With `calibrate.knob: auto` the routers route `examples` search questions the search did not use (held out
-from the labels; never the test sets) at every knob of `grid`, and the knob that skips least while saving at
-least `min_blocks_saved` blocks per token is chosen (drllm_core.evaluation.choose_knob_from says why not the
-most accurate one). A number instead of auto is used as it is. Writes metrics/knob.json, the routers'
-operating point (drllm_core.evaluation.OperatingPoint: the routers' hash, the knob, the skip-run limit
-`search.max_skip_run`, the calibration table): `register` stores it in the registered model, so the version
-users load serves where `evaluate` measured and `promote` gated. Reads params `model`, `tasks`, `search`
-(which questions it used, the skip-run limit) and `calibrate`.
+With `calibrate.knob: auto` the routers route `examples` search questions the search did not use (never a
+test set) at every knob of `grid`, and the knob that skips least while saving at least `min_blocks_saved`
+blocks per token is chosen (drllm_core.calibration.choose_knob_from says why not the most accurate one). A
+number instead of auto is used as it is. Writes --out (models/drllm): the routers with that knob in their
+routing, the folder that register, evaluate and the drllm CLI use; and metrics/calibration.json (the knob and
+the table). Reads params `model`, `search` (which questions the search used) and `calibrate` (and
+`runtime.batch_size`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from drllm_core import io, tracking
-from drllm_core.errors import ConfigError, DrllmError
-from drllm_core.evaluation import calibrate_knob, held_out_search_questions
+from drllm_core.calibration import CalibrateSettings, calibrate_knob, held_out_search_questions
+from drllm_core.checkpoint import content_key
+from drllm_core.errors import DrllmError
+from drllm_core.evaluation import EvaluationRunner
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model
-from drllm_core.paths import PathConstraints
-from drllm_core.routers import check_knob, routers_hash
-from drllm_core.tasks.evaluator import examples_from_frame
+from drllm_core.provenance import code_version
+from drllm_core.routers import RouterSet
+from drllm_core.routing import routers_hash
+from drllm_core.runtime import Runtime
+from drllm_core.tasks.schema import examples_from_frame
 from pipeline.common import load_params, log, parser, run, section
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
-    args.add_argument("--routers", default="models/routers/mcts")
+    args.add_argument("--routers", default="models/routers/mcts", help="the trained routers")
     args.add_argument("--prepared", default="data/prepared")
-    args.add_argument("--out", default="metrics/knob.json")
-    args = args.parse_args()
+    args.add_argument("--out", default="models/drllm", help="the calibrated routers")
+    args.add_argument("--metrics", default="metrics/calibration.json")
+    return run(_main, args, argv)
+
+
+def _main(args) -> None:
     params = load_params(args.params)
-    settings, search = section(params, "calibrate"), section(params, "search")
-    digest = routers_hash(args.routers)
-    skip_run = PathConstraints.from_params(search).max_skip_run
+    settings = CalibrateSettings.from_params(section(params, "calibrate"))
+    search = section(params, "search")
+    tracking.configure()
+    routers = RouterSet.load(args.routers)
     table, held_out = [], []
-    if settings["knob"] == "auto":
-        grid = [check_knob(value, "calibrate.grid") for value in settings.get("grid") or []]
-        if not grid:
-            raise ConfigError("calibrate.grid is empty: list the knobs to try, e.g. [0.0, 0.1, 0.12, 0.14]")
+    if settings.knob is None:
         search_set = examples_from_frame(pd.read_parquet(Path(args.prepared) / "search.parquet"))
-        held_out = held_out_search_questions(search_set, search, int(settings["examples"]))
+        held_out = held_out_search_questions(search_set, search, settings.examples)
         if not held_out:
             raise DrllmError(
                 "calibrate.knob: auto needs search questions the search did not use: lower search.max_examples "
                 "or set calibrate.knob to a number"
             )
         loaded = load_model(ModelSpec.from_params(section(params, "model")))
-        routed = RoutedModel.from_folder(loaded, args.routers, max_skip_run=skip_run)
-        knob, table = calibrate_knob(
-            routed.scorer(params.get("tasks")),
-            routed,
-            held_out,
-            grid,
-            float(settings["min_blocks_saved"]),
-            int(settings["batch_size"]),
-        )
+        routed = RoutedModel.from_folder(loaded, args.routers)  # checks the routers against the model
+        routed.scorer().check_lengths(held_out)
+        with tempfile.TemporaryDirectory() as checkpoints:  # minutes of work: nothing to resume
+            runner = EvaluationRunner(
+                loaded,
+                routed.scorer(),
+                {"calibration": held_out},
+                {"calibration": content_key(sorted(e.example_id for e in held_out))},
+                Path(checkpoints),
+                code_version(["pipeline.calibrate"]),
+                Runtime.from_params(params).batch_size,
+            )
+            knob, table = calibrate_knob(runner, args.routers, settings.grid, settings.min_blocks_saved)
         log.info("knob %+g chosen on %d held-out search questions", knob, len(held_out))
     else:
-        knob = check_knob(settings["knob"], "calibrate.knob (auto, or a number)")
+        knob = settings.knob
+    calibrated = routers.with_knob(knob)
+    calibrated.save(args.out)
+    digest = routers_hash(args.out)
     io.write_json(
-        args.out,
-        {
-            "routers_hash": digest,
-            "knob": knob,
-            "max_skip_run": skip_run,
-            "examples": len(held_out),
-            "calibration": table,
-        },
+        args.metrics, {"knob": knob, "routers_hash": digest, "examples": len(held_out), "calibration": table}
     )
-    with tracking.stage_run("calibrate", {"calibrate": settings}, {"drllm.routers_hash": digest}):
-        import mlflow
-
-        mlflow.log_metric("knob", knob)
-        for step, row in enumerate(table):
-            mlflow.log_metrics(
-                {"calibration.accuracy": row["accuracy"], "calibration.blocks_saved": row["blocks_saved"]},
-                step=step,
-            )
+    tracking.log_stage(
+        "calibrate",
+        {"calibrate": section(params, "calibrate")},
+        {"knob": knob},
+        {tracking.ROUTERS_HASH_TAG: digest},
+        history=[
+            {
+                "calibration.accuracy": r["accuracy"],
+                "calibration.agreement": r["agreement"],
+                "calibration.blocks_saved": r["blocks_saved"],
+            }
+            for r in table
+        ],
+    )
 
 
 if __name__ == "__main__":
-    run(main)
+    raise SystemExit(main())

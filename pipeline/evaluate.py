@@ -1,285 +1,131 @@
 """Stage `evaluate`: accuracy and blocks executed, Dr.LLM against honest baselines, on the same questions.
 
 Writes data/eval/results.parquet (one row per configuration x question: prediction, gold, correctness, path,
-blocks), metrics/eval.json (per configuration, set and task: accuracy with its 95% interval, blocks per token,
-saved share; paired comparisons with McNemar tests), plots/eval/pareto.csv and metrics/speed.json. Every
-(configuration, question) result is checkpointed, so a long evaluation resumes. One MLflow run per
-configuration, tagged with the router set it evaluated. Dr.LLM (`drllm`) runs at the knob the calibrate stage
-chose (metrics/knob.json, under the skip-run limit recorded there). Reads params `model`, `tasks`, `search`
-(constraints), `evaluate`. Configurations are described in drllm_core/evaluation.py.
+blocks), data/eval/generation.parquet (routed against vanilla greedy generation, per prompt), metrics/eval.json
+(per configuration, set and task: accuracy with its 95% interval, agreement with vanilla, blocks per token,
+saved share; paired comparisons with McNemar tests; generation agreement), metrics/headline.json (the few
+flat figures `dvc exp show` compares) and plots/eval/pareto.csv; a routed-vs-vanilla timing
+smoke check goes to metrics/timings/speed.json, which no stage reads. Every (configuration, question) result
+is checkpointed, so a long evaluation resumes. One MLflow run per configuration. Dr.LLM is the calibrated
+router folder (models/drllm) at its knob; the configurations are described in drllm_core/evaluation.py.
+Reads params `model`, `tasks`, `search` (the path limits of the static baselines) and `evaluate` (and
+`runtime.batch_size`).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
-from tqdm import tqdm
 
 from drllm_core import io, tracking
-from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.engine import PathEngine
 from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.evaluation import (
-    best_static_path,
-    block_influence,
-    compare,
-    lowest_influence_path,
-    operating_point,
-    random_paths,
-    result_rows,
-    summarize,
+    EvaluateSettings,
+    EvaluationRunner,
+    evaluate_routers,
+    generation_check,
+    headline,
+    log_runs,
+    metrics_document,
+    pareto_rows,
+    speed_check,
 )
-from drllm_core.inference import RoutedModel
-from drllm_core.models import ModelSpec, load_model, weights_fingerprint
-from drllm_core.paths import LayerPath, PathConstraints
+from drllm_core.models import ModelSpec, load_model
+from drllm_core.paths import PathConstraints
 from drllm_core.prepare import EVAL_SETS, sample
-from drllm_core.routers import check_knob, routers_hash
-from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
-from drllm_core.tasks.prompts import settings_for
-from pipeline.common import SCORE_COLUMNS, load_params, log, parser, run, section
+from drllm_core.provenance import code_version
+from drllm_core.routers import RouterSet
+from drllm_core.runtime import Runtime
+from drllm_core.tasks.prompts import checked_tasks
+from drllm_core.tasks.schema import examples_from_frame
+from drllm_core.tasks.scorer import ExampleScorer
+from pipeline.common import load_params, log, parser, run, section
 
 
-@dataclass
-class Configuration:
-    name: str
-    sets: list[str]
-    identity: dict  # what its results depend on besides model, tasks and data (for the checkpoint key)
-    routers: str | None = None  # router folder
-    knob: float = 0.0
-    paths: dict[str, LayerPath] = field(default_factory=dict)  # fixed path per example id
-    path: LayerPath | None = None  # one static path for every question
-
-
-def routed_configuration(
-    name: str, sets: list[str], folder: str, knob: float, max_skip_run: int | None
-) -> Configuration:
-    """Routers at a knob; keyed by everything their decisions depend on, so no stale checkpoint is reused."""
-    identity = {
-        "routers": routers_hash(folder),
-        "knob": knob,
-        "max_skip_run": max_skip_run,
-    }
-    return Configuration(name, sets, identity, folder, knob)
-
-
-class Evaluator:
-    """Scores configurations on the evaluation sets with checkpointing and progress."""
-
-    def __init__(self, params: dict, prepared: Path, checkpoints: Path):
-        self.params = params
-        self.settings = section(params, "evaluate")
-        self.loaded = load_model(ModelSpec.from_params(section(params, "model")))
-        self.fingerprint = weights_fingerprint(self.loaded.model)
-        self.task_params = params.get("tasks") or {}
-        self.routed: dict[str, RoutedModel] = {}
-        self.scorer = ExampleScorer(PathEngine(self.loaded.model), self.loaded.tokenizer, self.task_params)
-        self.manifest = io.read_json(prepared / "manifest.json")
-        self.examples = {
-            name: examples_from_frame(pd.read_parquet(prepared / f"{name}.parquet")) for name in EVAL_SETS
-        }
-        self.search = examples_from_frame(pd.read_parquet(prepared / "search.parquet"))
-        self.checkpoints = checkpoints
-        self.batch_size = int(self.settings["batch_size"])
-        self.constraints = PathConstraints.from_params(section(params, "search"))
-
-    def routed_model(self, folder: str, knob: float) -> RoutedModel:
-        if folder not in self.routed:
-            self.routed[folder] = RoutedModel.from_folder(
-                self.loaded, folder, max_skip_run=self.constraints.max_skip_run
-            )
-        model = self.routed[folder]
-        model.knob = knob
-        return model
-
-    def run(self, config: Configuration) -> list[dict]:
-        rows = []
-        for set_name in config.sets:
-            examples = self.examples[set_name]
-            tasks = sorted({e.task for e in examples})
-            key = content_key(
-                config.identity,
-                self.fingerprint,
-                str(self.loaded.dtype),
-                self.loaded.device.type,
-                {t: settings_for(t, self.task_params) for t in tasks},
-                self.manifest["sets"][set_name]["sha256"],
-            )
-            with Checkpoint(
-                checkpoint_path(self.checkpoints, f"{config.name}-{set_name}", key)
-            ) as checkpoint:
-                todo = [e for e in examples if e.example_id not in checkpoint]
-                bar = tqdm(
-                    total=len(examples),
-                    initial=len(examples) - len(todo),
-                    desc=f"{config.name} {set_name}",
-                    unit="q",
-                )
-                for start in range(0, len(todo), self.batch_size * 4):
-                    chunk = todo[start : start + self.batch_size * 4]
-                    for row in self._score(config, set_name, chunk):
-                        checkpoint.add({**row, "example_id": row["example_id"]})
-                    bar.update(len(chunk))
-                bar.close()
-                rows += [checkpoint.records[e.example_id] for e in examples]
-        return rows
-
-    def _score(self, config: Configuration, set_name: str, examples) -> list[dict]:
-        if config.routers:
-            routed = self.routed_model(config.routers, config.knob)
-            decisions = routed.score(self.scorer, examples, self.batch_size)
-        else:
-            counts = torch.tensor([(config.path or config.paths[e.example_id]).counts for e in examples])
-            decisions = self.scorer.score(examples, counts, self.batch_size)
-        return result_rows(config.name, set_name, examples, decisions)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
     args.add_argument("--prepared", default="data/prepared")
-    args.add_argument("--routers", default="models/routers", help="folder of router sets (mcts, chain, ...)")
-    args.add_argument("--oracle", default="data/paths/mcts", help="MCTS search output (the upper bound)")
-    args.add_argument("--knob", default="metrics/knob.json", help="the calibrate stage's output")
+    args.add_argument("--drllm", default="models/drllm", help="the calibrated routers")
+    args.add_argument("--routers", default="models/routers", help="folder of the trained router sets")
+    args.add_argument(
+        "--paths", default="data/paths", help="search outputs (the served routers' labels: the oracle)"
+    )
     args.add_argument("--checkpoints", default="data/eval_checkpoints")
     args.add_argument("--results", default="data/eval")
     args.add_argument("--metrics", default="metrics/eval.json")
+    args.add_argument("--headline", default="metrics/headline.json", help="flat figures for dvc exp show")
     args.add_argument("--plots", default="plots/eval")
-    args = args.parse_args()
+    args.add_argument("--timings", default="metrics/timings/speed.json")
+    return run(_main, args, argv)
+
+
+def _main(args) -> None:
     params = load_params(args.params)
-    settings = section(params, "evaluate")
-    routers_root = Path(args.routers)
-    main_routers = str(routers_root / "mcts")
-    point = operating_point(args.knob, main_routers)
-    skip_run = PathConstraints.from_params(section(params, "search")).max_skip_run
-    if point.max_skip_run != skip_run:
+    settings = EvaluateSettings.from_params(section(params, "evaluate"))
+    constraints = PathConstraints.from_params(section(params, "search"))
+    runtime = Runtime.from_params(params)
+    other = {name: str(Path(args.routers) / name) for name in settings.other_routers}
+    for name, folder in other.items():
+        if not (Path(folder) / "config.json").is_file():
+            raise ConfigError(
+                f"evaluate.other_routers names {name!r}, but {folder} holds no router set: each must be a router "
+                "set of train.routers"
+            )
+    for folder in [args.drllm, *other.values()]:
+        RouterSet.read_config(folder)  # a broken folder stops here, before the model loads
+    tracking.configure()
+    prepared = Path(args.prepared)
+    manifest = io.read_json(prepared / "manifest.json")
+    task_params = checked_tasks(params, manifest)
+    sets = {name: examples_from_frame(pd.read_parquet(prepared / f"{name}.parquet")) for name in EVAL_SETS}
+    strategy = RouterSet.read_config(args.drllm).provenance.get("search", {}).get("strategy")
+    if strategy is None:
         raise DrllmError(
-            f"{args.knob} was calibrated with search.max_skip_run {point.max_skip_run}, params.yaml now says "
-            f"{skip_run}: run `dvc repro calibrate` first"
+            f"{args.drllm} does not record the search its labels came from: retrain it (dvc repro train)"
         )
-    knob = point.knob
-    sweep = [check_knob(value, "evaluate.knob_sweep") for value in settings.get("knob_sweep") or []]
-    other_routers = settings.get("other_routers") or []
-    missing = [name for name in other_routers if not (routers_root / name / "config.json").is_file()]
-    if missing:
-        raise ConfigError(
-            f"evaluate.other_routers names router sets that {routers_root} does not hold: {missing}; each must be "
-            "a router set of train.routers"
-        )
-    if int(settings["speed_prompts"]) < 1:
-        raise ConfigError(f"evaluate.speed_prompts must be at least 1, got {settings['speed_prompts']}")
-    evaluator = Evaluator(params, Path(args.prepared), Path(args.checkpoints))
-    layers = evaluator.loaded.num_layers
-    all_sets = list(EVAL_SETS)
-    in_domain = ["eval_id"]
-    started = time.perf_counter()
-    results: list[dict] = []
-
-    def evaluate(config: Configuration) -> pd.DataFrame:
-        rows = evaluator.run(config)
-        results.extend(rows)
-        return pd.DataFrame(rows)
-
-    evaluate(Configuration("vanilla", all_sets, {"kind": "vanilla"}, path=LayerPath.default(layers)))
-    drllm = evaluate(routed_configuration("drllm", all_sets, main_routers, knob, skip_run))
-    for value in [v for v in sweep if v != knob]:  # knob: the drllm row
-        name = f"drllm_knob_{value:+g}"  # full precision: close sweep values never collide
-        evaluate(routed_configuration(name, in_domain, main_routers, value, skip_run))
-    for name in other_routers:
-        evaluate(routed_configuration(f"routers_{name}", in_domain, str(routers_root / name), knob, skip_run))
-
-    # Static baselines at Dr.LLM's depth: as many blocks as the routers save on average in-domain.
-    drllm_id = drllm[drllm["set"] == "eval_id"]
-    skips = max(1, round(layers - drllm_id["blocks"].mean()))
-    chosen = sample(evaluator.search, int(settings["static_examples"]), int(settings["seed"]))
-    influence = block_influence(evaluator.scorer, chosen)
-    bi_path = lowest_influence_path(influence, skips)
-    static_path, static_trace = best_static_path(evaluator.scorer, chosen, skips, evaluator.constraints)
-    evaluate(Configuration("shortgpt_bi", all_sets, {"static": str(bi_path)}, path=bi_path))
-    evaluate(Configuration("best_static", all_sets, {"static": str(static_path)}, path=static_path))
-    saved = dict(zip(drllm_id["example_id"], layers - drllm_id["blocks"], strict=True))
-    random_by_id = dict(
-        zip(
-            saved,
-            random_paths(list(saved.values()), layers, evaluator.constraints, int(settings["seed"])),
-            strict=True,
-        )
+    labels = Path(args.paths) / strategy
+    oracle = pd.read_parquet(labels / "paths.parquet")
+    searched = io.read_json(labels / "stats.json")
+    search_frame = pd.read_parquet(prepared / "search.parquet")
+    labelled = examples_from_frame(search_frame[search_frame["example_id"].isin(set(oracle["example_id"]))])
+    loaded = load_model(ModelSpec.from_params(section(params, "model")))
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, task_params)
+    scorer.check_lengths([e for examples in sets.values() for e in examples])
+    runner = EvaluationRunner(
+        loaded,
+        scorer,
+        sets,
+        {name: manifest["sets"][name]["sha256"] for name in EVAL_SETS},
+        Path(args.checkpoints),
+        code_version(["pipeline.evaluate"]),
+        runtime.batch_size,
     )
-    evaluate(
-        Configuration(
-            "random_skip",
-            in_domain,
-            {"random": content_key(sorted((k, str(v)) for k, v in random_by_id.items()))},
-            paths=random_by_id,
-        )
+    evaluation = evaluate_routers(runner, args.drllm, other, labelled, settings, constraints)
+    io.write_with(
+        Path(args.results) / "results.parquet", lambda tmp: evaluation.results.to_parquet(tmp, index=False)
     )
-
-    frame = pd.DataFrame(results)
-    summary = summarize(frame, layers)
-    oracle = pd.read_parquet(Path(args.oracle) / "paths.parquet")
-    searched = io.read_json(Path(args.oracle) / "stats.json")
-    comparisons = [
-        c
-        for c in (
-            [
-                compare(frame, cfg, "vanilla", s)
-                for cfg in frame["config"].unique()
-                if cfg != "vanilla"
-                for s in EVAL_SETS
-            ]
-            + [
-                compare(frame, "drllm", ref, "eval_id")
-                for ref in (
-                    "best_static",
-                    "shortgpt_bi",
-                    "random_skip",
-                    "routers_shuffled",
-                    "routers_chain",
-                    "routers_random",
-                )
-            ]
-        )
-        if c is not None
-    ]
-    overall = summary[summary["task"] == "all"]
-    metrics = {
-        "num_layers": layers,
-        "routers_hash": routers_hash(main_routers),
-        "knob": knob,
-        "knob_calibration": point.calibration,
-        "static_skips": skips,
-        "shortgpt_bi_path": str(bi_path),
-        "best_static_path": str(static_path),
-        "best_static_trace": static_trace,
-        "block_influence": influence,
-        "configs": {
-            f"{row.config}/{row.set}": {k: getattr(row, k) for k in (*SCORE_COLUMNS, "distinct_paths")}
-            for row in overall.itertuples()
-        },
-        "oracle_search": {
-            "n": int(searched["examples"]),
-            "accuracy": searched["kept"] / searched["examples"],
-            "blocks_per_token": float(
-                (oracle["blocks"].sum() + layers * searched["dropped_no_correct_path"]) / searched["examples"]
-            ),
-        },
-        "comparisons": comparisons,
-        "per_task": summary.to_dict("records"),
-        "wall_seconds": time.perf_counter() - started,
-    }
-    results_dir = Path(args.results)
-    io.write_with(results_dir / "results.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
-    io.write_json(args.metrics, metrics)
-    pareto = overall[overall["set"] == "eval_id"][
-        ["config", "accuracy", "blocks_per_token", "ci_low", "ci_high"]
-    ]
-    io.write_with(Path(args.plots) / "pareto.csv", lambda tmp: pareto.to_csv(tmp, index=False))
-    speed = measure_speed(evaluator, main_routers, settings, knob)
-    io.write_json(Path(args.metrics).with_name("speed.json"), speed)
-    log_runs(summary, comparisons, main_routers, routers_root, evaluator, knob)
-    for row in overall.itertuples():
+    routed = runner.routed(args.drllm, evaluation.knob)
+    questions = sample(sets["eval_id"], settings.generation_questions, settings.seed)
+    problems = [e for e in sets["eval_ood"] if not e.choices]  # generated answers with a reference
+    generation, generated = generation_check(routed, scorer, questions, problems, settings.generation_tokens)
+    io.write_with(
+        Path(args.results) / "generation.parquet",
+        lambda tmp: pd.DataFrame(generated).to_parquet(tmp, index=False),
+    )
+    document = metrics_document(evaluation, loaded.num_layers, args.drllm, oracle, searched, generation)
+    io.write_json(args.metrics, document)
+    io.write_json(args.headline, headline(document))
+    io.write_with(
+        Path(args.plots) / "pareto.csv", lambda tmp: pareto_rows(evaluation).to_csv(tmp, index=False)
+    )
+    speed = speed_check(routed, scorer, sets["eval_id"][: settings.speed_prompts], settings.speed_tokens)
+    io.write_json(args.timings, speed)
+    folders = {"drllm": args.drllm, **{f"drllm_knob_{v:+g}": args.drllm for v in settings.knob_sweep}}
+    folders |= {f"routers_{name}": folder for name, folder in other.items()}
+    log_runs(evaluation, folders, tracking.registered_model_name(loaded.name), generation)
+    for row in evaluation.summary[evaluation.summary["task"] == "all"].itertuples():
         log.info(
             "%-22s %-8s acc %.3f [%.3f, %.3f]  blocks/token %.2f  saved %.1f%%",
             row.config,
@@ -292,86 +138,5 @@ def main() -> None:
         )
 
 
-def measure_speed(evaluator: Evaluator, routers: str, settings: dict, knob: float) -> dict:
-    """A small wall-clock check for the report: routed vs vanilla greedy generation, batch 1, the same number
-    of new tokens for both (no early stop at EOS), after a warm-up, the two variants alternating."""
-    prompts = [e.question for e in evaluator.examples["eval_id"][: int(settings["speed_prompts"])]]
-    tokens = int(settings["speed_tokens"])
-    routed = evaluator.routed_model(routers, knob)
-    engine, tokenizer = routed.engine, evaluator.loaded.tokenizer
-    timings = {"vanilla": 0.0, "drllm": 0.0}
-    blocks = []
-
-    def run(variant: str, ids: torch.Tensor):
-        mask = torch.ones_like(ids)
-        decide = routed.decider(mask.bool()) if variant == "drllm" else None
-        return engine.generate(ids, None, mask, tokens, decide=decide)
-
-    for index, prompt in enumerate(prompts):
-        ids = torch.tensor([tokenizer(prompt).input_ids])
-        for variant in timings:
-            if index == 0:
-                run(variant, ids)  # warm-up
-            start = time.perf_counter()
-            generation = run(variant, ids)
-            timings[variant] += time.perf_counter() - start
-            if variant == "drllm":
-                blocks.append(int(generation.counts.sum()))
-    layers = evaluator.loaded.num_layers
-    return {
-        "prompts": len(prompts),
-        "new_tokens": tokens,
-        "vanilla_seconds": timings["vanilla"],
-        "drllm_seconds": timings["drllm"],
-        "time_saved_pct": 100 * (1 - timings["drllm"] / timings["vanilla"]),
-        "blocks_saved_pct": 100 * (1 - sum(blocks) / (len(blocks) * layers)),
-    }
-
-
-def log_runs(
-    summary: pd.DataFrame,
-    comparisons: list[dict],
-    main_routers: str,
-    routers_root: Path,
-    evaluator,
-    knob: float,
-) -> None:
-    """One MLflow run per configuration: accuracy and layers saved per set and task, linked to its routers."""
-    name = tracking.registered_model_name(evaluator.loaded.name)
-    for config, frame in summary.groupby("config", sort=False):
-        folder = (
-            main_routers
-            if config.startswith("drllm")
-            else str(routers_root / config.removeprefix("routers_"))
-        )
-        tags = {"drllm.config": config}
-        if Path(folder, "config.json").is_file() and (config.startswith(("drllm", "routers_"))):
-            digest = routers_hash(folder)
-            tags["drllm.routers_hash"] = digest
-            version = tracking.find_version(name, digest, knob if config == "drllm" else None)
-            if version is not None:
-                tags["drllm.registered_model"] = f"models:/{name}/{version.version}"
-        with tracking.stage_run("evaluate", tags=tags, name=f"evaluate-{config}"):
-            import mlflow
-
-            for row in frame.itertuples():
-                prefix = f"{row.set}.{row.task}"
-                mlflow.log_metrics(
-                    {
-                        f"{prefix}.accuracy": row.accuracy,
-                        f"{prefix}.layers_saved_pct": row.saved_pct,
-                        f"{prefix}.blocks_per_token": row.blocks_per_token,
-                    }
-                )
-            for comparison in (c for c in comparisons if c["config"] == config):
-                ref = f"vs_{comparison['reference']}.{comparison['set']}"
-                mlflow.log_metrics(
-                    {
-                        f"{ref}.difference": comparison["difference"],
-                        f"{ref}.mcnemar_p": comparison["mcnemar_p"],
-                    }
-                )
-
-
 if __name__ == "__main__":
-    run(main)
+    raise SystemExit(main())

@@ -1,32 +1,33 @@
-"""Evaluation baselines and summaries on a tiny model."""
+"""Evaluation: the static baselines, the runner and its summaries, and knob calibration, on a tiny model."""
 
 import dataclasses
-import os
 
 import pandas as pd
 import pytest
 import torch
 
 from drllm_core import io
+from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
+from drllm_core.calibration import calibrate_knob, choose_knob_from
 from drllm_core.engine import PathEngine
 from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
-    OperatingPoint,
-    best_static_path,
-    block_influence,
+    Configuration,
+    EvaluationRunner,
     compare,
-    lowest_influence_path,
-    operating_point,
-    random_paths,
+    headline,
     result_rows,
     summarize,
 )
-from drllm_core.paths import PathConstraints
-from drllm_core.routers import RouterConfig, RouterSet, routers_hash
+from drllm_core.models import weights_fingerprint
+from drllm_core.paths import LayerPath, PathConstraints
+from drllm_core.report import summary_markdown
+from drllm_core.rewards import PathRewards
+from drllm_core.routers import RouterSet
+from drllm_core.routing import RouterConfig, Routing, read_router_config, routers_hash
 from drllm_core.stats import paired_comparison, wilson_interval
-from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
-from pipeline.evaluate import routed_configuration
+from drllm_core.tasks.scorer import ExampleScorer
 from tests.conftest import run_stage, tiny_loaded
 
 EXAMPLES = [
@@ -46,17 +47,31 @@ def test_block_influence_and_lowest_influence_pruning():
     assert path.counts == (1, 0, 1, 0, 1, 1)
 
 
-def test_best_static_path_is_greedy_and_valid():
+def test_static_paths_are_greedy_valid_and_nested_over_budgets():
     constraints = PathConstraints()
-    path, trace = best_static_path(_scorer(), EXAMPLES, 3, constraints)
-    assert path.blocks == 3 and path.is_valid(6, constraints) and len(trace) == 3
-    assert all(step["examples"] == 6 for step in trace)
+    paths, trace = static_paths(_scorer(), EXAMPLES, [1, 3], constraints, keep=4)
+    assert set(paths) == {"best_static", "faithful_static"} and all(set(p) == {1, 3} for p in paths.values())
+    for budgets in paths.values():
+        assert budgets[1].blocks == 5 and budgets[3].blocks == 3 and budgets[3].is_valid(6, constraints)
+        skipped_first = budgets[1].counts.index(0)
+        assert budgets[3].counts[skipped_first] == 0  # greedy: the first skip stays
+    assert len(trace) == 6 and all(step["examples"] == 6 for step in trace)
+    faithful_first = next(t for t in trace if t["baseline"] == "faithful_static" and t["skips"] == 1)
+    scorer = _scorer()
+    kept = sum(
+        PathRewards(scorer, e, reward="faithful")([paths["faithful_static"][1]])[0].reward for e in EXAMPLES
+    )
+    assert faithful_first["kept"] == kept  # the faithful path keeps that many vanilla answers
 
 
 def test_random_paths_skip_the_asked_number_of_layers():
     paths = random_paths([0, 1, 2, 3, -1], 6, PathConstraints(), seed=0)
     assert [p.blocks_saved for p in paths] == [0, 1, 2, 3, 0]
     assert all(p.is_valid(6, PathConstraints()) for p in paths)
+    with pytest.raises(
+        DrllmError, match="no valid path skips 5 of 6 layers"
+    ):  # never the default path instead
+        random_paths([5], 6, PathConstraints(max_skip_run=1), seed=0)
 
 
 def test_summaries_and_paired_comparison():
@@ -83,8 +98,6 @@ def test_paired_statistics():
 
 
 def test_knob_choice_meets_the_compute_target_with_the_least_skipping():
-    from drllm_core.evaluation import choose_knob_from
-
     table = [
         {"knob": 0.0, "accuracy": 0.387, "blocks_saved": 3.63},
         {"knob": 0.1, "accuracy": 0.380, "blocks_saved": 1.51},
@@ -96,35 +109,125 @@ def test_knob_choice_meets_the_compute_target_with_the_least_skipping():
     assert choose_knob_from(table, 5.0) == 0.0  # nothing saves enough: the one saving the most
 
 
-def test_knob_calibration_scores_every_grid_value():
-    from drllm_core.evaluation import calibrate_knob
-    from drllm_core.inference import RoutedModel
-    from drllm_core.routers import RouterConfig, RouterSet
-
-    scorer = _scorer()
-    routed = RoutedModel(tiny_loaded(), RouterSet(RouterConfig(6, 64, 8, 4)))
-    routed.engine = scorer.engine
-    knob, table = calibrate_knob(scorer, routed, EXAMPLES, [-1.0, 0.5], min_blocks_saved=1.0, batch_size=4)
+def test_knob_calibration_scores_every_grid_value(tmp_path):
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    RouterSet(RouterConfig(6, 64, 8, 4, base_fingerprint=weights_fingerprint(loaded.model))).save(
+        tmp_path / "r"
+    )
+    runner = EvaluationRunner(
+        loaded, scorer, {"calibration": EXAMPLES}, {"calibration": "h"}, tmp_path, "c", 4
+    )
+    knob, table = calibrate_knob(runner, str(tmp_path / "r"), [-1.0, 0.5], min_blocks_saved=1.0)
     assert [row["knob"] for row in table] == [-1.0, 0.5]
-    assert table[1]["blocks_saved"] == 0.0 and table[0]["blocks_saved"] > 1.0  # -1 skips all it may
+    assert table[1]["blocks_saved"] == 0.0 and table[1]["agreement"] == 1.0  # 0.5 never skips
+    assert table[0]["blocks_saved"] > 1.0  # -1 skips all it may
     assert knob == -1.0  # the only knob saving a block
 
 
-def test_routed_results_are_keyed_by_everything_routing_depends_on(tmp_path):
-    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
-    base = routed_configuration("drllm", ["eval_id"], str(tmp_path / "r"), 0.2, 2)
-    assert base.identity == routed_configuration("x", ["eval_ood"], str(tmp_path / "r"), 0.2, 2).identity
-    for other in (
-        routed_configuration("drllm", ["eval_id"], str(tmp_path / "r"), 0.1, 2),
-        routed_configuration("drllm", ["eval_id"], str(tmp_path / "r"), 0.2, 3),
-    ):
-        assert other.identity != base.identity
+def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_each_alone(tmp_path):
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    config = RouterConfig(
+        6,
+        64,
+        windows=4,
+        kind="costs",
+        decision_layer=2,
+        candidates=[3, 4, 5],
+        rank=2,
+        base_fingerprint=weights_fingerprint(loaded.model),
+    )
+    routers = RouterSet(config)
+    with torch.no_grad():
+        routers.cost.bias.copy_(torch.tensor([0.0, -1.0, -3.0]))
+        routers.cost.weight.normal_()
+        routers.cost.projection.normal_()
+        routers.cost.quantiles.copy_(torch.linspace(-4, 2, 101))
+    routers.save(tmp_path / "costs")
+    configs = [
+        Configuration.static("vanilla", ["eval_id"], LayerPath.default(6)),
+        Configuration.static("skip_4", ["eval_id"], LayerPath((1, 1, 1, 1, 0, 1))),
+        Configuration.per_question(
+            "mixed",
+            ["eval_id"],
+            {e.example_id: LayerPath((1, 1, 0, 1, 1, 2 * (i % 2))) for i, e in enumerate(EXAMPLES)},
+        ),
+        Configuration.routed("costs", ["eval_id"], str(tmp_path / "costs"), -0.2),
+    ]
+    together = EvaluationRunner(
+        loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / "a", "c", 4
+    )
+    alone = EvaluationRunner(loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / "b", "c", 4)
+    shared = together.run_many(configs)
+    for config in configs:
+        reference = (
+            alone.run_many([config])[config.name]
+            if config.name != "costs"
+            else [
+                r
+                for r in result_rows(
+                    "costs",
+                    "eval_id",
+                    EXAMPLES,
+                    alone.routed(config.routers, config.knob).score(scorer, EXAMPLES, 4),
+                )
+            ]
+        )
+        assert [r["path"] for r in shared[config.name]] == [r["path"] for r in reference], config.name
+        assert [r["prediction"] for r in shared[config.name]] == [r["prediction"] for r in reference], (
+            config.name
+        )
+        torch.testing.assert_close(
+            torch.tensor([r["scores"] for r in shared[config.name]]),
+            torch.tensor([r["scores"] for r in reference]),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    assert len({tuple(r["path"]) for r in shared["costs"]}) >= 1 and all(
+        r["blocks"] < 6 for r in shared["costs"]
+    )
 
 
-def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_routers(tmp_path):
+def test_agreement_with_vanilla_and_its_paired_test(tmp_path):
+    scorer = _scorer()
+    vanilla = result_rows("vanilla", "eval_id", EXAMPLES, scorer.score(EXAMPLES))
+    skipped = result_rows(
+        "skip", "eval_id", EXAMPLES, scorer.score(EXAMPLES, torch.tensor([[0, 0, 1, 1, 1, 1]] * 6))
+    )
+    frame = pd.DataFrame(vanilla + skipped)
+    summary = summarize(frame, 6).set_index(["config", "task"])
+    assert summary.loc[("vanilla", "all"), "agreement"] == 1.0 and summary.loc[
+        ("vanilla", "all"), "kl_from_vanilla"
+    ] == pytest.approx(0.0, abs=1e-9)
+    agrees = [a["prediction"] == b["prediction"] for a, b in zip(vanilla, skipped, strict=True)]
+    assert summary.loc[("skip", "all"), "agreement"] == pytest.approx(sum(agrees) / 6)
+    assert summary.loc[("skip", "all"), "kl_from_vanilla"] > 0
+    comparison = compare(frame, "skip", "vanilla", "eval_id")
+    assert comparison["agreement_difference"] == pytest.approx(sum(agrees) / 6 - 1)
+
+
+def test_results_are_checkpointed_and_keyed_by_what_they_depend_on(tmp_path):
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    runner = EvaluationRunner(loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path, "c0", 4)
+    skip = Configuration.static("skip", ["eval_id"], LayerPath((1, 0, 1, 1, 1, 1)))
+    rows = runner.run(skip)
+    assert [r["blocks"] for r in rows] == [5] * 6 and len(list(tmp_path.glob("skip-eval_id-*.jsonl"))) == 1
+    assert runner.run(skip) == rows  # resumed from the checkpoint
+    runner.run(Configuration.static("skip", ["eval_id"], LayerPath((1, 1, 0, 1, 1, 1))))
+    assert len(list(tmp_path.glob("skip-eval_id-*.jsonl"))) == 2  # another path: another checkpoint
+    RouterSet(RouterConfig(num_layers=6, hidden_size=64, bottleneck=3)).save(tmp_path / "r")
+    base = Configuration.routed("drllm", ["eval_id"], str(tmp_path / "r"), 0.2)
+    assert base.identity == Configuration.routed("x", ["eval_ood"], str(tmp_path / "r"), 0.2).identity
+    assert Configuration.routed("drllm", ["eval_id"], str(tmp_path / "r"), 0.1).identity != base.identity
+    RouterSet(RouterConfig(6, 64, 3, routing=Routing(max_skip_run=1))).save(tmp_path / "r1")
+    assert Configuration.routed("drllm", ["eval_id"], str(tmp_path / "r1"), 0.2).identity != base.identity
+
+
+def test_the_calibrate_stage_writes_the_calibrated_folder_and_refuses_bad_knobs(tmp_path):
     RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
     pd.DataFrame([dataclasses.asdict(e) for e in EXAMPLES]).to_parquet(tmp_path / "search.parquet")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
 
     def calibrate(knob, grid=(0.0, 0.1)):
         settings = {"knob": knob, "examples": 10, "grid": list(grid)}
@@ -133,8 +236,7 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
         return run_stage(
             "calibrate",
             *("--params", tmp_path / "params.json", "--prepared", tmp_path, "--routers", tmp_path / "r"),
-            *("--out", tmp_path / "k.json"),
-            env=env,
+            *("--out", tmp_path / "drllm", "--metrics", tmp_path / "calibration.json"),
         )
 
     out_of_range = calibrate(1.5)
@@ -150,23 +252,113 @@ def test_the_calibrate_stage_refuses_bad_knobs_and_its_knob_must_match_the_route
         nothing_held_out.returncode == 1
         and "search questions the search did not use" in nothing_held_out.stderr
     )
-    assert not (tmp_path / "k.json").exists()
+    assert not (tmp_path / "drllm").exists()
     fixed = calibrate(0.1)
     assert fixed.returncode == 0, fixed.stderr
-    written = io.read_json(tmp_path / "k.json")
+    calibrated = read_router_config(tmp_path / "drllm")
+    assert calibrated.routing.knob == 0.1 and read_router_config(tmp_path / "r").routing.knob is None
+    trained, served = RouterSet.load(tmp_path / "r"), RouterSet.load(tmp_path / "drllm")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(trained.state_dict().values(), served.state_dict().values(), strict=True)
+    )
+    written = io.read_json(tmp_path / "calibration.json")
     assert written == {
-        "routers_hash": routers_hash(tmp_path / "r"),
         "knob": 0.1,
-        "max_skip_run": 2,
+        "routers_hash": routers_hash(tmp_path / "drllm"),
         "examples": 0,
         "calibration": [],
     }
-    assert operating_point(str(tmp_path / "k.json"), str(tmp_path / "r")) == OperatingPoint(0.1, 2, [])
-    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=5)).save(tmp_path / "other")
-    with pytest.raises(DrllmError, match="not found: run `dvc repro calibrate`"):
-        operating_point(str(tmp_path / "missing.json"), str(tmp_path / "r"))
-    with pytest.raises(DrllmError, match="calibrated for other routers"):
-        operating_point(str(tmp_path / "k.json"), str(tmp_path / "other"))
-    io.write_json(tmp_path / "old.json", {k: v for k, v in written.items() if k != "max_skip_run"})
-    with pytest.raises(DrllmError, match="does not record the skip-run limit"):
-        operating_point(str(tmp_path / "old.json"), str(tmp_path / "r"))
+
+
+def test_headline_is_flat_points_and_none_where_not_measured():
+    document = {
+        "num_layers": 30,
+        "knob": 0.3,
+        "static_budget": 1,
+        "configs": {
+            "vanilla/eval_id": {"accuracy": 0.5},
+            "drllm/eval_id": {"accuracy": 0.45, "blocks_per_token": 28.8},
+            "vanilla/eval_ood": {"accuracy": 0.4},
+        },
+        "comparisons": [
+            {
+                "config": "drllm",
+                "reference": "vanilla",
+                "set": "eval_id",
+                "difference": -0.05,
+                "ci_low": -0.08,
+                "ci_high": -0.02,
+                "mcnemar_p": 0.01,
+            },
+            {
+                "config": "drllm",
+                "reference": "best_static_1",
+                "set": "eval_id",
+                "difference": 0.02,
+                "ci_low": -0.01,
+                "ci_high": 0.05,
+                "mcnemar_p": 0.2,
+            },
+        ],
+    }
+    flat = headline(document)
+    assert all(not isinstance(v, (dict, list)) for v in flat.values())
+    assert flat["knob"] == 0.3
+    assert flat["vanilla_id_acc"] == pytest.approx(50.0)
+    assert flat["drllm_id_blocks_saved"] == pytest.approx(1.2)
+    assert flat["drllm_id_vs_vanilla_diff"] == pytest.approx(-5.0)
+    assert flat["drllm_id_vs_static_ci_high"] == pytest.approx(5.0)
+    assert flat["drllm_id_vs_static_p"] == 0.2
+    assert flat["drllm_ood_acc"] is None and flat["drllm_ood_vs_static_p"] is None
+
+
+def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_paired_figures():
+    figures = {
+        "n": 10,
+        "accuracy": 0.5,
+        "ci_low": 0.2,
+        "ci_high": 0.8,
+        "agreement": 0.9,
+        "blocks_per_token": 29.0,
+    }
+    paired = {
+        "n": 10,
+        "difference": -0.1,
+        "ci_low": -0.3,
+        "ci_high": 0.1,
+        "mcnemar_p": 0.5,
+        "significant": False,
+    }
+    document = {
+        "num_layers": 30,
+        "knob": 0.3,
+        "static_budget": 2,
+        "configs": {
+            "vanilla/eval_id": figures,
+            "drllm/eval_id": figures,
+            "best_static_1/eval_id": figures,
+            "best_static_2/eval_id": figures,
+        },
+        "comparisons": [
+            {
+                "config": "drllm",
+                "reference": "vanilla",
+                "set": "eval_id",
+                **paired,
+                "agreement_difference": -0.1,
+            },
+            {
+                "config": "drllm",
+                "reference": "best_static_2",
+                "set": "eval_id",
+                **paired,
+                "agreement_difference": 0.05,
+            },
+        ],
+    }
+    summary = summary_markdown(document)
+    assert "| vanilla | eval_id | 10 | 50.0 [20.0, 80.0] | 90.0 | 1.00 | – |" in summary
+    assert "| drllm | eval_id | 10 | 50.0 [20.0, 80.0] | 90.0 | 1.00 | -10.0 [-30.0, +10.0] |" in summary
+    assert "best_static_2 | eval_id" in summary and "best_static_1" not in summary
+    assert "| best_static_2 | eval_id | -10.0 [-30.0, +10.0] | 0.500 | +5.0 | within noise |" in summary

@@ -1,0 +1,151 @@
+"""Static baselines at a given number of skipped layers, chosen on search questions, never on test sets.
+
+shortgpt_bi   ShortGPT-style pruning: drop the layers with the lowest Block Influence (1 - cosine between
+              a block's input and output over the prompt tokens)
+best_static   one fixed path, grown greedily: each step skips the layer whose removal keeps the most search
+              questions right
+random_skip   per question, a random valid path with a given number of skipped layers
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from drllm_core.engine import token_batch
+from drllm_core.errors import DrllmError
+from drllm_core.paths import EXECUTE, SKIP, LayerPath, PathConstraints
+from drllm_core.rewards import PathRewards
+from drllm_core.tasks.schema import Example
+from drllm_core.tasks.scorer import ExampleScorer
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def block_influence(scorer: ExampleScorer, examples: Sequence[Example], batch_size: int = 8) -> list[float]:
+    """ShortGPT's Block Influence per layer: 1 - mean cosine similarity between the hidden state entering and
+    leaving the block, over the prompt tokens of `examples`, on the default path."""
+    engine = scorer.engine
+    totals = torch.zeros(engine.num_layers, dtype=torch.float64)
+    tokens = 0
+    for start in range(0, len(examples), batch_size):
+        rows = [scorer.prompt_ids(e) for e in examples[start : start + batch_size]]
+        ids, mask = token_batch(rows, scorer.tokenizer.pad_token_id)
+        state = engine.embed(ids, mask)
+        real = mask.bool().to(state.hidden.device)
+        for layer in range(engine.num_layers):
+            before = state.hidden
+            state = engine.run(state, engine.default_paths(len(rows)), stop=layer + 1)
+            cosine = torch.nn.functional.cosine_similarity(before.float(), state.hidden.float(), dim=-1)
+            totals[layer] += (1 - cosine)[real].sum().item()
+        tokens += int(real.sum())
+    return (totals / max(tokens, 1)).tolist()
+
+
+def lowest_influence_path(influence: Sequence[float], skips: int) -> LayerPath:
+    """Skip the `skips` layers with the lowest Block Influence (ShortGPT applies no further constraint)."""
+    counts = [EXECUTE] * len(influence)
+    for layer in np.argsort(influence, kind="stable")[:skips]:
+        counts[int(layer)] = SKIP
+    return LayerPath(tuple(counts))
+
+
+CRITERIA = {  # static path: what it keeps most of on the search questions
+    "best_static": "correct",  # right answers (ties: the larger summed margin of the gold answer)
+    "faithful_static": "reward",  # the vanilla model's answers (the faithful reward; ties: the same margin)
+}
+
+
+def static_paths(
+    scorer: ExampleScorer,
+    examples: Sequence[Example],
+    budgets: Sequence[int],
+    constraints: PathConstraints,
+    keep: int = 10,
+) -> tuple[dict[str, dict[int, LayerPath]], list[dict]]:
+    """Greedy static paths for each criterion of CRITERIA and each number of skipped layers in `budgets`:
+    the first skip is the best single skip of every layer; each later one adds, to the path so far, the best
+    skip among the `keep` layers that were best alone (a bounded search: the first round ranks all layers).
+    One forward per example and round scores the candidates of every criterion together (prefixes shared).
+    Returns the paths and a trace of each step."""
+    layers = scorer.engine.num_layers
+    current = {name: LayerPath.default(layers) for name in CRITERIA}
+    chosen: dict[str, dict[int, LayerPath]] = {name: {} for name in CRITERIA}
+    shortlist: dict[str, list[int]] = {}
+    trace = []
+    for step in range(1, max(budgets, default=0) + 1):
+        candidates = {
+            name: [
+                path.with_count(layer, SKIP)
+                for layer in (shortlist.get(name) or range(layers))
+                if path.counts[layer] == EXECUTE
+                and path.with_count(layer, SKIP).is_valid(layers, constraints)
+            ]
+            for name, path in current.items()
+        }
+        every = list(dict.fromkeys(p for paths in candidates.values() for p in paths))
+        if not every:
+            break
+        outcomes = [PathRewards(scorer, example, reward="faithful")(every) for example in examples]
+        tally = {  # per criterion and path: (questions kept, summed margin) over the examples
+            field: {
+                path: (
+                    sum(float(getattr(o[i], field)) for o in outcomes),
+                    sum(np.nan_to_num(o[i].margin if field == "correct" else o[i].lead) for o in outcomes),
+                )
+                for i, path in enumerate(every)
+            }
+            for field in set(CRITERIA.values())
+        }
+        for name, field in CRITERIA.items():
+            if not candidates[name]:
+                continue
+            ranked = sorted(candidates[name], key=tally[field].__getitem__, reverse=True)
+            if step == 1:  # later rounds try the layers that were best alone
+                shortlist[name] = [p.counts.index(SKIP) for p in ranked[:keep]]
+            current[name] = chosen[name][step] = ranked[0]
+            kept = tally[field][ranked[0]][0]
+            trace.append(
+                {
+                    "baseline": name,
+                    "skips": step,
+                    "path": str(ranked[0]),
+                    "kept": kept,
+                    "examples": len(examples),
+                }
+            )
+            log.info(
+                "%s, %d skipped: %s (%d of %d search questions kept)",
+                name,
+                step,
+                ranked[0],
+                kept,
+                len(examples),
+            )
+    return {name: {b: paths[b] for b in budgets if b in paths} for name, paths in chosen.items()}, trace
+
+
+def random_paths(
+    saved: Sequence[int], num_layers: int, constraints: PathConstraints, seed: int
+) -> list[LayerPath]:
+    """For each question, a random valid path that skips exactly `saved[i]` layers (none when <= 0): the
+    skipped layers are drawn uniformly among the placements the constraints allow."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for count in saved:
+        count = max(0, int(count))
+        for _ in range(10_000):
+            layers = set(rng.choice(num_layers, size=min(count, num_layers), replace=False).tolist())
+            path = LayerPath(tuple(SKIP if i in layers else EXECUTE for i in range(num_layers)))
+            if path.is_valid(num_layers, constraints):
+                paths.append(path)
+                break
+        else:
+            raise DrllmError(
+                f"no valid path skips {count} of {num_layers} layers under {constraints} in 10,000 random draws"
+            )
+    return paths
