@@ -41,8 +41,10 @@ def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, w
 
 
 def print_table(title: str, rows: list[dict]) -> None:
-    columns = list(rows[0])
-    cells = [[_fmt(row[c]) for c in columns] for row in rows]
+    columns = list(
+        dict.fromkeys(c for row in rows for c in row)
+    )  # rows may differ: blanks where a row has none
+    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print(f"\n{title}")
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))

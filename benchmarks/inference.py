@@ -1,4 +1,4 @@
-"""Routed vs vanilla wall clock: `python -m benchmarks.inference` (needs models/routers/mcts from `dvc repro`).
+"""Routed vs vanilla wall clock: `python -m benchmarks.inference` (needs models/drllm from `dvc repro`).
 
 Batch 1 and 8, prefill plus 64 greedy tokens on in-domain test prompts, the default model. Reports the time
 saved against the ideal saving (the routed paths' skipped blocks at the measured cost of a block, against all
@@ -11,10 +11,6 @@ routed, vanilla and no-block runs back to back), the spread this machine's noise
 `layer_calls_skipped_pct` is the share of layer calls that no row of the batch runs: a row that skips a layer
 the other rows run saves only its own share of that call, which on a memory-bound decode step (weights read
 once per call, whatever the rows) is small.
-
-A second table times one layer decision on the same prompts by the reference (RouterSet.layer_logits and the
-knob) against the decider that routing runs (RoutedModel.decider: folded router, knob, skip-run rule), side
-by side: what the inference form saves, measured.
 """
 
 from __future__ import annotations
@@ -28,10 +24,11 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import interleaved_samples, interleaved_times, print_table, write_json
-from drllm_core.inference import RoutedModel, left_padded
+from drllm_core.engine import token_batch
+from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model
-from drllm_core.routers import knob_decisions, window_weights
-from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
+from drllm_core.routing import read_router_config
+from drllm_core.tasks.schema import examples_from_frame
 
 
 def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
@@ -100,63 +97,34 @@ def share_of_ideal(vanilla: float, routed: float, no_blocks: float, saved_share:
     return (1 - routed / vanilla) / ideal_saving(vanilla, no_blocks, saved_share)
 
 
-def bench_router_forms(routed: RoutedModel, mask: Tensor, repeats: int) -> dict:
-    """One layer decision by the reference (pooling, RouterSet.layer_logits, the knob) against the decider
-    that routing runs (folded router, the knob, the skip-run rule), side by side on the real
-    routers and the batch's real prompt mask (the hidden values do not matter)."""
-    routers, layers = routed.routers, routed.loaded.num_layers
-    hidden = torch.randn(*mask.shape, routers.config.hidden_size).to(routed.loaded.dtype)
-    weights, window_mask = window_weights(mask.bool(), routers.config.windows)
-
-    def reference():
-        for layer in range(layers):
-            pooled = torch.bmm(weights, hidden.float())
-            knob_decisions(routers.layer_logits(layer, pooled, window_mask).tolist(), routed.knob)
-
-    def routing():
-        decide = routed.decider(mask.bool())
-        for layer in range(layers):
-            decide(layer, hidden)
-
-    with torch.no_grad():
-        times = interleaved_times({"reference": reference, "routing": routing}, repeats * 20)
-    return {
-        "batch": mask.shape[0],
-        "prompt_tokens": mask.shape[1],
-        "reference_us_per_layer": 1e6 * times["reference"] / layers,
-        "routing_us_per_layer": 1e6 * times["routing"] / layers,
-        "routing_over_reference": times["routing"] / times["reference"],
-    }
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--routers", default="models/routers/mcts")
-    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--routers", default="models/drllm")
+    parser.add_argument("--model", default=None, help="default: the routers' base model")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds, at least 2")
-    parser.add_argument("--knob", type=float, default=0.0)
+    parser.add_argument("--knob", type=float, default=None, help="default: the routers' calibrated knob")
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error(
             f"--repeats must be at least 2 (the per-round quartiles need two rounds), got {args.repeats}"
         )
-    loaded = load_model(ModelSpec(spec=args.model))
+    loaded = load_model(ModelSpec(spec=args.model or read_router_config(args.routers).base_model))
     routed = RoutedModel.from_folder(loaded, args.routers, knob=args.knob)
-    scorer = ExampleScorer(routed.engine, loaded.tokenizer, {})
+    scorer = routed.scorer()
     examples = examples_from_frame(pd.read_parquet("data/prepared/eval_id.parquet"))
     pad = loaded.tokenizer.pad_token_id
-    batches = [left_padded([scorer.prompt_ids(e) for e in examples[:size]], pad) for size in (1, 8)]
+    batches = [
+        token_batch([scorer.prompt_ids(e) for e in examples[:size]], pad, left=True) for size in (1, 8)
+    ]
     rows = [bench_batch(routed, ids, mask, args) for ids, mask in batches]
     print(
-        f"model {loaded.name}, routers {args.routers}, knob {args.knob}, {torch.get_num_threads()} threads, "
+        f"model {loaded.name}, routers {args.routers}, knob {routed.knob:+g}, {torch.get_num_threads()} threads, "
         f"{args.new_tokens} new tokens"
     )
     print_table("Routed vs vanilla generation (prefill + greedy tokens)", rows)
-    forms = [bench_router_forms(routed, mask, args.repeats) for _, mask in batches]
-    print_table("One layer decision: the reference router vs the decider routing runs", forms)
     write_json(
         "inference",
         {
@@ -164,7 +132,6 @@ def main(argv=None):
             "routers": args.routers,
             "args": vars(args),
             "rows": rows,
-            "router_forms": forms,
         },
     )
 

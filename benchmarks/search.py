@@ -20,7 +20,7 @@ from drllm_core.labels import LabelRule, labelled
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.search import SearchConfig
 from drllm_core.search_runner import ExampleSearcher, RewardConfig
-from drllm_core.tasks.evaluator import examples_from_frame
+from drllm_core.tasks.schema import examples_from_frame
 
 
 def run_variant(loaded, tasks, examples, config: SearchConfig) -> tuple[pd.DataFrame, float]:

@@ -17,7 +17,8 @@ from drllm_core.io import read_yaml
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.prepare import EVAL_SETS, build_sets
 from drllm_core.stats import wilson_interval
-from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
+from drllm_core.tasks.schema import examples_from_frame
+from drllm_core.tasks.scorer import ExampleScorer
 
 
 def main(argv=None):

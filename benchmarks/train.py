@@ -16,11 +16,13 @@ import torch
 
 from benchmarks.common import print_table, write_json
 from drllm_core.engine import PathEngine
+from drllm_core.features import build_features
 from drllm_core.io import read_yaml
 from drllm_core.models import ModelSpec, load_model
-from drllm_core.routers import RouterConfig
-from drllm_core.tasks.evaluator import ExampleScorer, examples_from_frame
-from drllm_core.training import TrainConfig, build_features, train_routers
+from drllm_core.routing import RouterConfig
+from drllm_core.tasks.schema import examples_from_frame
+from drllm_core.tasks.scorer import ExampleScorer
+from drllm_core.training import TrainConfig, train_routers
 
 
 def peak_rss_mb() -> float:

@@ -1,28 +1,32 @@
 """Routed inference: a base model with a router set, deciding once per input on the prompt.
 
 Layer by layer during the prompt's forward pass, the router of layer l reads the hidden state that the
-earlier decisions produced and picks skip / execute / repeat; the resulting path is then fixed for scoring
-and for every generated token (the KV cache keeps one slot per layer pass). Rows of a batch take their own
-paths. `knob` trades accuracy for compute (drllm_core.routers.knob_decisions); with `enforce_constraints`
-a skip that would make a run of more than `max_skip_run` skipped layers becomes an execute, so routed
-paths stay inside the space the labels came from.
+earlier decisions produced and picks skip / execute / repeat; the path is then fixed for scoring and for
+every generated token (the KV cache keeps one slot per layer pass). Rows of a batch take their own paths.
+The router folder says how to route (drllm_core.routers.Routing): the knob, and the path limits the labels
+were searched under, which every routed path keeps (a decision that would break one becomes an execute, or
+a skip where only a skip keeps the block budget).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from drllm_core.engine import Decide, PathEngine
+from drllm_core.engine import Decide, PathEngine, token_batch
 from drllm_core.models import LoadedModel
-from drllm_core.paths import EXECUTE, PAPER_CONSTRAINTS, SKIP
-from drllm_core.routers import RouterSet, knob_decisions, window_average, window_weights
-from drllm_core.tasks.evaluator import ExampleScorer, eos_token_ids
+from drllm_core.paths import EXECUTE, SKIP
+from drllm_core.routers import RouterSet, window_average, window_weights
+from drllm_core.routing import check_knob, cost_decisions, knob_decisions
+from drllm_core.tasks.answers import Decision
 from drllm_core.tasks.schema import Example
-from drllm_core.tasks.scoring import Decision
+from drllm_core.tasks.scorer import ExampleScorer, eos_token_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +35,15 @@ class RoutedAnswer:
     path: tuple[int, ...]  # per-layer counts the prompt chose
     blocks: int  # blocks executed per token
     new_tokens: int
+    tokens: tuple[int, ...] = ()  # the generated token ids (what generation agreement compares)
+
+
+@dataclass
+class RoutedChoice:
+    choice: int  # index of the chosen answer
+    scores: tuple[float, ...]  # per choice, the score the choice was picked by (log-likelihood)
+    path: tuple[int, ...]
+    blocks: int
 
 
 class RoutedModel:
@@ -38,43 +51,69 @@ class RoutedModel:
         self,
         loaded: LoadedModel,
         routers: RouterSet,
-        knob: float = 0.0,
-        max_skip_run: int | None = PAPER_CONSTRAINTS.max_skip_run,
+        knob: float | None = None,
         enforce_constraints: bool = True,
+        engine: PathEngine | None = None,
     ):
+        """`knob` None: the routers' calibrated knob (0, the routers' own choice, when uncalibrated)."""
         routers.check_model(loaded.num_layers, loaded.model.config.hidden_size)
         self.loaded = loaded
         self.routers = routers.to(loaded.device).float().eval()
-        self.layer_routers = self.routers.folded()
-        self.engine = PathEngine(loaded.model)
-        self.knob = knob
-        self.max_skip_run = max_skip_run if enforce_constraints else None
+        self.routing = routers.config.routing
+        self.layer_routers = self.routers.folded() if routers.config.kind == "classes" else []
+        self.engine = engine or PathEngine(loaded.model)
+        default = self.routing.knob if self.routing.knob is not None else 0.0
+        self.knob = check_knob(default if knob is None else knob, "the routing knob")
+        self.constraints = self.routing.constraints if enforce_constraints else None
 
     @classmethod
     def from_folder(cls, loaded: LoadedModel, folder: str, force: bool = False, **options) -> RoutedModel:
-        """Routers saved by the train stage, checked against the model's weight fingerprint."""
+        """Routers saved by the train (or calibrate) stage, checked against the model they will run on."""
         return cls(loaded, RouterSet.load(folder, loaded.model, force), **options)
 
     def decider(self, prompt_mask: Tensor) -> Decide:
-        """The engine hook that routes one batch; prompt_mask (B, T) marks the tokens routers read."""
-        weights, window_mask = window_weights(prompt_mask.to(self.loaded.device), self.routers.config.windows)
+        """The engine hook that routes one batch; prompt_mask (B, T) marks the tokens routers read. Class
+        routers decide each layer from the state entering it; a cost router decides every skip at its
+        decision layer, from the state entering that layer."""
+        config = self.routers.config
+        weights, window_mask = window_weights(prompt_mask.to(self.loaded.device), config.windows)
         average = window_average(window_mask)
-        skip_run = [0] * prompt_mask.shape[0]  # per row: layers skipped in a row so far
+        rows = prompt_mask.shape[0]
+        skip_run, blocks = [0] * rows, [0] * rows  # per row: skipped layers in a row so far, blocks so far
+        layers = self.loaded.num_layers
+        plans: list[list[int]] = [[] for _ in range(rows)]  # cost routers: each row's layers to skip
+
+        def wanted(layer: int, hidden: Tensor) -> list[int]:
+            if config.kind == "classes":
+                pooled = torch.bmm(weights, hidden.float())  # pool_windows, with the weights computed once
+                return knob_decisions(self.layer_routers[layer].logits(pooled, average).tolist(), self.knob)
+            if layer == config.decision_layer:
+                pooled = torch.bmm(average, torch.bmm(weights, hidden.float())).squeeze(
+                    1
+                )  # the windows' mean
+                threshold = self.routers.cost.threshold(self.knob)
+                plans[:] = cost_decisions(
+                    self.routers.cost(pooled).tolist(), config.candidates, threshold, self.routing.max_skips
+                )
+            return [SKIP if layer in plan else EXECUTE for plan in plans]
 
         @torch.no_grad()
         def decide(layer: int, hidden: Tensor) -> Tensor:
-            pooled = torch.bmm(weights, hidden.float())  # pool_windows, with the weights computed once
-            counts = knob_decisions(self.layer_routers[layer].logits(pooled, average).tolist(), self.knob)
+            counts = wanted(layer, hidden)
             for row, count in enumerate(counts):  # plain Python: a few rows cost less than tensor operations
-                if count == SKIP and self.max_skip_run is not None and skip_run[row] >= self.max_skip_run:
-                    count = counts[row] = EXECUTE  # the row's skip run is full: execute instead
-                skip_run[row] = skip_run[row] + 1 if count == SKIP else 0
+                if self.constraints is not None:
+                    count = counts[row] = self.constraints.allowed_count(
+                        count, layer, layers, blocks[row], skip_run[row]
+                    )
+                skip_run[row] = skip_run[row] + 1 if count == 0 else 0
+                blocks[row] += count
             return torch.tensor(counts)
 
         return decide
 
-    def scorer(self, task_params: dict | None = None, shots=None) -> ExampleScorer:
-        return ExampleScorer(self.engine, self.loaded.tokenizer, task_params, shots)
+    def scorer(self, shots=None) -> ExampleScorer:
+        """A scorer that prompts every task as the routers' features were prompted."""
+        return ExampleScorer(self.engine, self.loaded.tokenizer, self.routing.tasks, shots)
 
     def score(
         self, scorer: ExampleScorer, examples: Sequence[Example], batch_size: int = 8, **kwargs
@@ -82,46 +121,59 @@ class RoutedModel:
         """Task decisions with routed paths (each Decision records its path)."""
         return scorer.score(examples, batch_size=batch_size, router=self.decider, **kwargs)
 
+    def prompt_ids(self, prompt: str, chat_template: bool | None = None) -> list[int]:
+        """Token ids of a raw prompt in the routers' prompt format (`chat_template` None), or as asked; a
+        format the routers were not trained on routes as nobody measured, and says so."""
+        trained = self.routing.prompt_settings().chat_template
+        chat = trained if chat_template is None else chat_template
+        if chat != trained:
+            log.warning(
+                "prompting %s the chat template, but the routers were trained %s it: routing is unmeasured there",
+                "with" if chat else "without",
+                "with" if trained else "without",
+            )
+        tokenizer = self.loaded.tokenizer
+        if chat and getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return tokenizer(text, add_special_tokens=False).input_ids
+        return tokenizer(prompt).input_ids
+
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], max_new_tokens: int = 64, chat_template: bool = False
+        self, prompts: Sequence[str], max_new_tokens: int = 64, chat_template: bool | None = None
     ) -> list[RoutedAnswer]:
-        """Greedy routed generation for raw prompts, wrapped in the chat template when asked and available (off
-        by default, as the default routers were trained: `tasks.defaults.chat_template`)."""
+        """Greedy routed generation for raw prompts, formatted as the routers were trained (see prompt_ids)."""
         tokenizer = self.loaded.tokenizer
-        if chat_template and getattr(tokenizer, "chat_template", None):
-            texts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-                )
-                for p in prompts
-            ]
-            rows = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-        else:
-            rows = [tokenizer(p).input_ids for p in prompts]
         pad = tokenizer.pad_token_id
-        ids, mask = left_padded(rows, pad)
+        ids, mask = token_batch([self.prompt_ids(p, chat_template) for p in prompts], pad, left=True)
+        eos = eos_token_ids(self.loaded.model, tokenizer)
         out = self.engine.generate(
-            ids,
-            None,
-            mask,
-            max_new_tokens,
-            eos_token_ids(self.loaded.model, tokenizer),
-            pad,
-            decide=self.decider(mask.bool()),
+            ids, None, mask, max_new_tokens, eos, pad, decide=self.decider(mask.bool())
         )
         answers = []
         for row in range(len(prompts)):
             length = int(out.lengths[row])
             path = tuple(int(c) for c in out.counts[row])
-            text = tokenizer.decode(out.tokens[row, :length], skip_special_tokens=True)
-            answers.append(RoutedAnswer(text, path, sum(path), length))
+            generated = out.tokens[row, :length]
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            answers.append(RoutedAnswer(text, path, sum(path), length, tuple(generated.tolist())))
         return answers
 
-
-def left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Token id rows -> ids (B, T) padded on the left (generation appends on the right) and the mask (B, T)."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    return ids, mask
+    def choose(
+        self, prompts: Sequence[str], choices: Sequence[Sequence[str]], batch_size: int = 8
+    ) -> list[RoutedChoice]:
+        """Multiple choice for raw questions, prompted and scored as the routers' tasks were (the default
+        task format: `tasks.defaults`), so a question scores here as `evaluate` scores it."""
+        examples = [
+            Example(f"served/{i}", "served", str(prompt), [str(c) for c in options], 0)
+            for i, (prompt, options) in enumerate(zip(prompts, choices, strict=True))
+        ]
+        for example in examples:
+            example.check()  # at least two non-empty choices
+        decisions = self.score(self.scorer(), examples, batch_size)
+        return [
+            RoutedChoice(ord(d.prediction) - ord("A"), d.scores, tuple(d.path), sum(d.path))
+            for d in decisions
+        ]

@@ -8,6 +8,7 @@ labels, whether the example leaks into an evaluation set, ...). Every expectatio
 
 from __future__ import annotations
 
+import html
 import os
 from dataclasses import dataclass, field
 
@@ -22,7 +23,6 @@ REQUIRED = {
     "labels": None,  # list column: checked through derived columns
     "order": None,
     "kept": "bool",
-    "best_correct": "bool",
     "wrong_to_correct": "bool",
 }
 
@@ -60,7 +60,9 @@ def derived_columns(
     """One row per example with the scalar properties the suite checks."""
     frame = paths.copy()
     if "labels" in frame:
-        labels = [np.asarray(v if v is not None else [], dtype=int) for v in frame["labels"]]
+        raw = [np.asarray(v if v is not None else [], dtype=float) for v in frame["labels"]]
+        frame["labels_are_whole"] = [bool(np.all(v == np.round(v))) for v in raw]
+        labels = [np.round(v).astype(int) for v in raw]
         frame["labels_length"] = [len(v) for v in labels]
         frame["labels_min"] = [int(v.min()) if v.size else -1 for v in labels]
         frame["labels_max"] = [int(v.max()) if v.size else -1 for v in labels]
@@ -68,11 +70,25 @@ def derived_columns(
         frame["path_blocks"] = [int(v.sum()) for v in labels]
         frame["skip_share"] = [float((v == 0).mean()) if v.size else 0.0 for v in labels]
         frame["repeat_share"] = [float((v == 2).mean()) if v.size else 0.0 for v in labels]
+        if {"scored_labels", "scored_reward"} <= set(frame) and not {"costs", "soft_labels"} & set(frame):
+            frame["label_was_rewarded"] = [
+                any(list(s) == v.tolist() and r >= 1.0 for s, r in zip(scored, rewards, strict=True))
+                for v, scored, rewards in zip(
+                    labels, frame["scored_labels"], frame["scored_reward"], strict=True
+                )
+            ]
         if "order" in frame:
             frame["order_matches_labels"] = [
                 v.size > 0 and v.min() >= 0 and list(order) == LayerPath.from_counts(v).order
                 for v, order in zip(labels, frame["order"], strict=True)
             ]
+    if "costs" in frame:  # skip-cost labels: per layer a KL divergence (NaN: not searched) and a kept answer
+        costs = [np.asarray(v if v is not None else [], dtype=float) for v in frame["costs"]]
+        frame["costs_length"] = [len(v) for v in costs]
+        frame["costs_valid"] = [bool(np.all(np.isnan(v) | (v >= 0))) and not np.isinf(v).any() for v in costs]
+        keeps = [np.asarray(v if v is not None else [], dtype=float) for v in frame["keeps"]]
+        frame["skips_known"] = [int((~np.isnan(v)).sum()) for v in keeps]
+        frame["keeps_valid"] = [bool(np.all(np.isnan(v) | (v == 0) | (v == 1))) for v in keeps]
     if "example_id" in frame:
         hashes = dict(zip(search["example_id"], search["question_hash"], strict=True))
         frame["in_search_set"] = frame["example_id"].isin(hashes)
@@ -145,7 +161,7 @@ def _expectations(
             ),
         ]
     if "labels" in frame:
-        budget = constraints.max_blocks if constraints.max_blocks is not None else 2 * num_layers
+        budget = constraints.budget(num_layers)
         checks += [
             (
                 "label length",
@@ -154,6 +170,12 @@ def _expectations(
                 E.ExpectColumnValuesToBeBetween(
                     column="labels_length", min_value=num_layers, max_value=num_layers
                 ),
+            ),
+            (
+                "whole labels",
+                "fail",
+                "labels are whole numbers (a layer runs a whole number of times)",
+                E.ExpectColumnValuesToBeInSet(column="labels_are_whole", value_set=[True]),
             ),
             (
                 "labels in {0,1,2}",
@@ -185,7 +207,7 @@ def _expectations(
                     ),
                 )
             )
-        for kind, bounds in shares.items():
+        for kind, bounds in shares.items() if not {"costs", "soft_labels"} & set(frame) else ():
             for level in ("fail", "warn"):
                 low, high = getattr(bounds, level)
                 checks.append(
@@ -196,6 +218,35 @@ def _expectations(
                         E.ExpectColumnMeanToBeBetween(column=f"{kind}_share", min_value=low, max_value=high),
                     )
                 )
+    if "costs" in frame:
+        checks += [
+            (
+                "cost length",
+                "fail",
+                f"every cost vector has {num_layers} entries (the model's layers)",
+                E.ExpectColumnValuesToBeBetween(
+                    column="costs_length", min_value=num_layers, max_value=num_layers
+                ),
+            ),
+            (
+                "costs are divergences",
+                "fail",
+                "every skip cost is a finite KL divergence (at least 0), or NaN where not searched",
+                E.ExpectColumnValuesToBeInSet(column="costs_valid", value_set=[True]),
+            ),
+            (
+                "skips were searched",
+                "fail",
+                "every question has at least one searched skip",
+                E.ExpectColumnValuesToBeBetween(column="skips_known", min_value=1),
+            ),
+            (
+                "kept answers",
+                "fail",
+                "whether a skip keeps the answer is 0, 1, or NaN where not searched",
+                E.ExpectColumnValuesToBeInSet(column="keeps_valid", value_set=[True]),
+            ),
+        ]
     if "order" in frame and "labels" in frame:
         checks.append(
             (
@@ -205,13 +256,13 @@ def _expectations(
                 E.ExpectColumnValuesToBeInSet(column="order_matches_labels", value_set=[True]),
             )
         )
-    if "best_correct" in frame:
+    if "label_was_rewarded" in frame:
         checks.append(
             (
-                "kept paths are correct",
+                "labels were rewarded",
                 "fail",
-                "the search recorded every kept path as answering correctly",
-                E.ExpectColumnValuesToBeInSet(column="best_correct", value_set=[True]),
+                "every label is a path the search scored with reward 1",
+                E.ExpectColumnValuesToBeInSet(column="label_was_rewarded", value_set=[True]),
             )
         )
     return checks
@@ -266,3 +317,46 @@ def run_suite(
             )
         )
     return results
+
+
+def render_html(strategy: str, summary: dict, checks: list[CheckResult]) -> str:
+    """The validation report: the summary and one row per check, failed and warned ones highlighted."""
+    rows = "".join(
+        f"<tr class={'ok' if c.success else c.level}><td>{html.escape(c.name)}</td><td>{c.level}</td>"
+        f"<td>{'pass' if c.success else 'FAIL' if c.level == 'fail' else 'warn'}</td>"
+        f"<td>{html.escape(c.description)}</td><td>{html.escape(str(c.observed if c.observed is not None else ''))}</td>"
+        f"<td>{c.offending_count or ''} {html.escape(', '.join(c.offending_ids[:5]))}</td></tr>"
+        for c in checks
+    )
+    facts = "".join(
+        f"<li>{html.escape(k)}: {html.escape(str(v))}</li>" for k, v in summary.items() if k != "checks"
+    )
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>Label validation</title><style>"
+        "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "table{border-collapse:collapse}.fail{background:#fdd}.warn{background:#ffd}.ok{background:#efe}"
+        f"</style></head><body><h1>Label validation: {html.escape(strategy)}</h1><ul>{facts}</ul>"
+        "<table><tr><th>check</th><th>level</th><th>result</th><th>expectation</th><th>observed</th>"
+        f"<th>offending examples</th></tr>{rows}</table></body></html>"
+    )
+
+
+def summarize_checks(
+    strategy: str, paths: pd.DataFrame, frame: pd.DataFrame, checks: list[CheckResult]
+) -> dict:
+    """What result.json reports besides the checks: the outcome, and the label shares and W->C share."""
+    failed = [c for c in checks if not c.success and c.level == "fail"]
+
+    def mean(data: pd.DataFrame, column: str) -> float:
+        return float(data[column].mean()) if column in data and len(data) else 0.0
+
+    return {
+        "strategy": strategy,
+        "success": not failed,
+        "examples": len(paths),
+        "failed_checks": len(failed),
+        "warnings": sum(1 for c in checks if not c.success and c.level == "warn"),
+        "wrong_to_correct_share": mean(paths, "wrong_to_correct"),
+        "skip_share": mean(frame, "skip_share"),
+        "repeat_share": mean(frame, "repeat_share"),
+    }

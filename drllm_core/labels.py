@@ -15,17 +15,16 @@ the checkpoint holds every scored path.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from drllm_core.errors import ConfigError
-from drllm_core.paths import EXECUTE, LayerPath
-from drllm_core.search import shortest_first
+from drllm_core.paths import CLASS_NAMES, EXECUTE, LayerPath
 
-CLASS_NAMES = {0: "skip", 1: "execute", 2: "repeat"}
-LABEL_RULES = ("shortest", "consensus")
+LABEL_RULES = ("shortest", "consensus", "soft", "skip_cost")
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class LabelRule:
 
     label_rule: str = "shortest"
     consensus_share: float = 0.7
+    soft_beta: float = 3.0  # soft: a rewarded path weighs exp(-soft_beta * blocks / L) (PoLar's length prior)
 
     def __post_init__(self):
         if self.label_rule not in LABEL_RULES:
@@ -43,13 +43,21 @@ class LabelRule:
                 f"search.consensus_share must lie in (0.5, 1], got {self.consensus_share}: a layer's class must be"
                 " held by a majority of the correct paths"
             )
+        if self.soft_beta < 0:
+            raise ConfigError(f"search.soft_beta must be at least 0, got {self.soft_beta}")
+
+
+def shortest_first(path: LayerPath, margin: float, found: int) -> tuple:
+    """Sort key of the paper's kept path: fewer blocks, then fewer distinct layers, then the larger margin,
+    then the one found first. The search keeps its best path by it and the `shortest` rule labels by it."""
+    return (path.blocks, path.distinct_layers(), -(0.0 if math.isnan(margin) else margin), found)
 
 
 def consensus_counts(paths: list[LayerPath], share: float) -> tuple[int, ...]:
     """Per layer, the class at least `share` of the paths give it (a majority, so at most one), else execute."""
     counts = np.array([p.counts for p in paths])
     consensus = np.full(counts.shape[1], EXECUTE)
-    for value in CLASS_NAMES:
+    for value in range(len(CLASS_NAMES)):
         consensus[(counts == value).mean(axis=0) >= share] = value
     return tuple(int(c) for c in consensus)
 
@@ -78,21 +86,85 @@ def kept_path(record: dict, rule: LabelRule) -> tuple[LayerPath, float] | None:
     return path, margin
 
 
+def soft_labels(record: dict, rule: LabelRule) -> list[list[float]] | None:
+    """Per layer, the class distribution over every rewarded path, each weighted by exp(-soft_beta * blocks
+    / L) so shorter paths count more (PoLar trains on many paths this way); None when none is rewarded."""
+    rewarded = [c for c, r in zip(record["scored_labels"], record["scored_reward"], strict=True) if r >= 1.0]
+    if not rewarded:
+        return None
+    counts = np.asarray(rewarded)  # (P, L)
+    weights = np.exp(-rule.soft_beta * counts.sum(1) / counts.shape[1])
+    shares = np.stack([((counts == c) * weights[:, None]).sum(0) for c in range(len(CLASS_NAMES))], -1)
+    return (shares / weights.sum()).tolist()
+
+
+def skip_costs(record: dict) -> tuple[list[float], list[float]]:
+    """Per layer, from the paths a search scored: what skipping that layer alone costs the default path's
+    answer, as the KL divergence of the choice distribution from the default one, and whether the answer
+    stays (1.0 or 0.0); NaN where the single skip was not scored (or, for the cost, the answer is generated)."""
+    scored = dict(zip(map(tuple, record["scored_labels"]), range(len(record["scored_labels"])), strict=True))
+    layers = record["num_layers"]
+    default = scored[(EXECUTE,) * layers]
+    reference = _distribution(record["scored_scores"][default])
+    costs, keeps = [math.nan] * layers, [math.nan] * layers
+    for layer in range(layers):
+        index = scored.get(tuple(0 if i == layer else EXECUTE for i in range(layers)))
+        if index is None:
+            continue
+        keeps[layer] = float(record["scored_prediction"][index] == record["scored_prediction"][default])
+        if reference is not None:
+            skipped = _distribution(record["scored_scores"][index])
+            costs[layer] = float(max(0.0, (reference * (np.log(reference) - np.log(skipped))).sum()))
+    return costs, keeps
+
+
+def _distribution(scores: list[float]) -> np.ndarray | None:
+    """The softmax of a path's choice scores (None for a generated answer), clipped away from zero."""
+    if not scores:
+        return None
+    values = np.asarray(scores, dtype=np.float64)
+    values = np.exp(values - values.max())
+    return np.clip(values / values.sum(), 1e-12, 1.0)
+
+
 def labelled(record: dict, rule: LabelRule) -> dict:
-    """A search record with its label fields: kept, labels, order, blocks, blocks saved, margin, W->C."""
-    kept = kept_path(record, rule)
-    path, margin = kept if kept else (None, None)
+    """A search record with its label fields. Every rule gives `labels` (the path the router inputs are
+    computed along), kept, order, blocks, blocks saved, margin and W->C; `soft` adds `soft_labels` and
+    labels along the default path, `skip_cost` the per-layer `costs` and `keeps` along the default path
+    (every question is kept: a cost is a label whatever the answer)."""
+    default = LayerPath.default(record["num_layers"])
+    if rule.label_rule == "skip_cost":
+        costs, keeps = skip_costs(record)
+        fields = {"costs": costs, "keeps": keeps}
+        path, margin = default, record["default_margin"]
+    elif rule.label_rule == "soft":
+        soft = soft_labels(record, rule)
+        fields = {"soft_labels": soft}
+        path, margin = (default, record["default_margin"]) if soft is not None else (None, None)
+    else:
+        kept = kept_path(record, rule)
+        fields = {}
+        path, margin = kept if kept else (None, None)
     return {
         **record,
+        **fields,
         "kept": path is not None,
         "labels": list(path.counts) if path else None,
         "order": path.order if path else None,
         "blocks": path.blocks if path else None,
         "blocks_saved": path.blocks_saved if path else None,
-        "best_correct": path is not None,
         "best_margin": margin,
-        "wrong_to_correct": path is not None and not record["default_correct"],
+        "wrong_to_correct": path is not None and not record["default_correct"] and _correct(record, path),
     }
+
+
+def _correct(record: dict, path: LayerPath) -> bool:
+    """Whether the search found `path` answering correctly (every kept path of the correct and margin
+    rewards does; a faithful one keeps the default's answer, right or wrong)."""
+    if "scored_correct" not in record:  # records of a search that did not record correctness
+        return True
+    index = [tuple(c) for c in record["scored_labels"]].index(path.counts)
+    return bool(record["scored_correct"][index])
 
 
 def label_statistics(records: pd.DataFrame) -> dict:
@@ -100,7 +172,8 @@ def label_statistics(records: pd.DataFrame) -> dict:
     kept = records[records["kept"]]
     labels = np.concatenate([np.asarray(v) for v in kept["labels"]]) if len(kept) else np.array([], dtype=int)
     shares = {
-        name: float((labels == value).mean()) if labels.size else 0.0 for value, name in CLASS_NAMES.items()
+        name: float((labels == value).mean()) if labels.size else 0.0
+        for value, name in enumerate(CLASS_NAMES)
     }
     simulations = records["simulations"].sum()
     return {
@@ -120,5 +193,4 @@ def label_statistics(records: pd.DataFrame) -> dict:
         "layer_evaluations_per_simulation": float(records["layer_evaluations"].sum() / simulations)
         if simulations
         else 0.0,
-        "search_seconds": float(records["seconds"].sum()),
     }

@@ -8,7 +8,7 @@ with as little compute as the engine allows:
   prefix still cached;
 * batching: several paths run in one forward, each row starting at its own layer (rows that have not reached
   their start layer yet run nothing: their counts are zero there);
-* packed choices: the question context and all its choices are one row (drllm_core.tasks.scoring).
+* packed choices: the question context and all its choices are one row (drllm_core.tasks.packing).
 Generation-scored tasks (math) have no choices to pack: their paths are scored by batched generation.
 """
 
@@ -24,11 +24,14 @@ from torch import Tensor
 from drllm_core.engine import HiddenState, PathEngine
 from drllm_core.errors import ConfigError
 from drllm_core.paths import LayerPath
-from drllm_core.tasks.evaluator import ExampleScorer
+from drllm_core.tasks.answers import Decision, decide_choice
+from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods
 from drllm_core.tasks.schema import Example
-from drllm_core.tasks.scoring import PackedBatch, choice_loglikelihoods, decide_choice
+from drllm_core.tasks.scorer import ExampleScorer
 
-REWARDS = ("correct", "margin")  # 1 for a correct answer | only when gold wins by `margin` nats
+# correct: 1 for a right answer | margin: right, with gold ahead of the best wrong choice by `margin` |
+# faithful: the default path's answer, ahead of the runner-up by `margin` (right or wrong)
+REWARDS = ("correct", "margin", "faithful")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,16 @@ class Outcome:
     correct: bool  # right answer under the task's scorer
     margin: float  # gold minus best wrong choice score (nan for generation)
     reward: float  # what the search maximises: 1.0 or 0.0
+    prediction: str = ""  # the answer under this path
+    lead: float = math.nan  # its score minus the runner-up's (nan for generation)
+    scores: tuple[float, ...] = ()  # per choice (multiple choice)
 
 
 class PathRewards:
     """Rewards of paths for one example. `reward: margin` counts a path as correct only when the gold choice
-    beats the best wrong one by at least `margin` (in the task's score units)."""
+    beats the best wrong one by at least `margin` (in the task's score units); `faithful` rewards a path that
+    keeps the default path's answer with a lead of at least `margin` over the runner-up, which labels every
+    question, right or wrong, and rewards skips that do not change what the model thinks."""
 
     def __init__(
         self,
@@ -69,7 +77,11 @@ class PathRewards:
             self._max_states = max(2, int(cache_mb * 2**20) // state_bytes)  # prefix states, root included
 
     def __call__(self, paths: list[LayerPath]) -> list[Outcome]:
-        """Outcomes in the order of `paths`; only paths never seen before cost compute."""
+        """Outcomes in the order of `paths`; only paths never seen before cost compute. The default path is
+        scored first when the reward is faithful: it compares with its answer."""
+        default = LayerPath.default(self.engine.num_layers)
+        if self.reward == "faithful" and default not in self.memo and any(p != default for p in paths):
+            self([default])
         fresh = list(dict.fromkeys(p for p in paths if p not in self.memo))
         if fresh:
             before = self.engine.counter.rows
@@ -78,14 +90,30 @@ class PathRewards:
             self.memo.update(zip(fresh, outcomes, strict=True))
         return [self.memo[p] for p in paths]
 
-    def _outcome(self, correct: bool, margin: float) -> Outcome:
-        passed = correct and (self.reward == "correct" or math.isnan(margin) or margin >= self.margin)
-        return Outcome(correct, margin, 1.0 if passed else 0.0)
+    def _outcome(self, decision: Decision, path: LayerPath) -> Outcome:
+        if self.reward == "faithful":
+            reference = decision if path.is_default else self.memo[LayerPath.default(path.num_layers)]
+            passed = (
+                decision.prediction == reference.prediction and not decision.lead < self.margin
+            )  # nan: kept
+        else:
+            margin = decision.margin
+            passed = decision.correct and (
+                self.reward == "correct" or math.isnan(margin) or margin >= self.margin
+            )
+        return Outcome(
+            decision.correct,
+            decision.margin,
+            1.0 if passed else 0.0,
+            decision.prediction,
+            decision.lead,
+            decision.scores,
+        )
 
     def _score_generated(self, paths: list[LayerPath]) -> list[Outcome]:
         counts = torch.tensor([p.counts for p in paths])
         decisions = self.scorer.score_generated([self.example] * len(paths), counts, self.settings.scorer)
-        return [self._outcome(d.correct, d.margin) for d in decisions]
+        return [self._outcome(d, p) for d, p in zip(decisions, paths, strict=True)]
 
     def _score_packed(self, paths: list[LayerPath]) -> list[Outcome]:
         counts = torch.tensor([p.counts for p in paths])  # (P, L)
@@ -105,7 +133,7 @@ class PathRewards:
                     self._remember(path.counts[: layer + 1], state.hidden[row : row + 1])
         scores = choice_loglikelihoods(self.engine, state, self._batch.repeat(len(paths)))
         decisions = [decide_choice(scores[row], self.example, self.settings) for row in range(len(paths))]
-        return [self._outcome(d.correct, d.margin) for d in decisions]
+        return [self._outcome(d, p) for d, p in zip(decisions, paths, strict=True)]
 
     def _longest_cached_prefix(self, path: LayerPath) -> int:
         for length in range(len(path.counts), -1, -1):

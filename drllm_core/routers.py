@@ -1,57 +1,41 @@
-"""Routers: one tiny MLP per decoder layer that picks skip (0), execute (1) or repeat (2) for an input.
+"""Router modules: one tiny MLP per decoder layer that picks skip (0), execute (1) or repeat (2) for an input.
 
-Input: the hidden state entering the layer over the prompt tokens, split into windows and mean-pooled.
-With T prompt tokens and `windows` = W, a prompt uses min(W, T) windows of T // min(W, T) tokens each, in
-order; the T mod min(W, T) trailing tokens are left out (the paper's rule). A prompt shorter than W tokens
-therefore has one window per token, and the router averages its logits over the windows a prompt has.
+Input: the hidden state entering the layer over the prompt tokens, split into min(W, T) windows of
+T // min(W, T) tokens each, in order (the T mod min(W, T) trailing tokens are left out, the paper's rule),
+each mean-pooled and standardised; the router scores every window and averages the logits.
 
-Saved as safetensors plus config.json (base model, weight fingerprint and sample, shapes, the data and search
-they came from, label statistics); loading checks the base model so routers never run on a model they were not
-trained for. Nothing is ever unpickled.
+A router folder holds routers.safetensors and config.json (drllm_core.routing: the base model, shapes,
+provenance and how the set routes). Loading checks both, and the base model; nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from drllm_core import io
-from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.models import same_weights, weights_fingerprint, weights_sample
-from drllm_core.paths import EXECUTE, REPEAT, SKIP
-
-NUM_CLASSES = 3  # skip, execute, repeat
-
-
-class RouterMismatch(DrllmError):
-    pass
-
-
-@dataclass
-class RouterConfig:
-    num_layers: int
-    hidden_size: int
-    bottleneck: int = 128  # width of the router MLP (paper: 128)
-    windows: int = 8  # prompt windows pooled separately (paper: 8; more helps up to ~16)
-    base_model: str = ""  # spec of the base model (as in params.yaml `model.spec`)
-    base_model_name: str = ""
-    base_fingerprint: str = ""  # drllm_core.models.weights_fingerprint of the base model
-    base_sample: list[float] = field(default_factory=list)  # drllm_core.models.weights_sample of it
-    provenance: dict = field(default_factory=dict)  # data manifest hash, search params, label statistics
+from drllm_core.routing import (
+    NUM_CLASSES,
+    RouterConfig,
+    RouterMismatch,
+    Routing,
+    check_knob,
+    read_router_config,
+)
 
 
 class Router(nn.Module):
-    """Linear(d, bottleneck) -> GELU(tanh) -> Linear(bottleneck, 3) on each window; logits averaged."""
+    """One layer's parameters: Linear(d, bottleneck) -> GELU(tanh) -> Linear(bottleneck, 3), applied by
+    RouterSet.forward to every window, logits averaged."""
 
     def __init__(self, hidden_size: int, bottleneck: int):
         super().__init__()
@@ -62,19 +46,13 @@ class Router(nn.Module):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)  # the paper: zero bias beat a class-frequency bias
 
-    def forward(self, windows: Tensor, window_mask: Tensor) -> Tensor:
-        """windows (B, W, D), window_mask (B, W) -> logits (B, 3) averaged over each row's windows."""
-        return window_mean(self.out(self.act(self.up(windows))), window_mask)
-
 
 @dataclass(frozen=True)
 class FoldedRouter:
-    """One layer's router for routing: the same function as Router on standardised windows, with the
-    standardisation's scale folded into the first Linear's weight and the window average taken before the last
-    Linear (both are linear). Five tensor operations: a router runs once per layer in the prefill, where its
-    fixed per-operation cost, not its arithmetic, is what a small model notices. The mean is subtracted, not
-    folded into the bias: with massive activations (a mean far above its spread) the folded bias cancels in
-    float32 and moves logits by ~1e-4, enough to flip a near tie. Rows need at least one window."""
+    """One layer's router as routing runs it: RouterSet.forward's function with the standardisation's scale
+    folded into the first Linear and the window average taken before the last Linear (both linear), five
+    tensor operations per layer of a prefill. The mean stays a subtraction: folded into the bias it would
+    cancel in float32 against massive activations (docs/method.md). Rows need at least one window."""
 
     mean: Tensor  # (D,)
     up_weight: Tensor  # (K, D): Router.up.weight * input_scale
@@ -88,16 +66,52 @@ class FoldedRouter:
         return F.linear(torch.bmm(window_average, hidden).squeeze(1), self.out_weight, self.out_bias)
 
 
+class CostRouter(nn.Module):
+    """The `costs` router: the hidden state entering the decision layer, mean-pooled over the prompt's windows
+    and standardised, mapped linearly (a rank-`rank` projection, then a weight per candidate) to the
+    predicted log KL divergence of skipping each candidate layer alone (drllm_core.training fits it in
+    closed form). `quantiles` are the costs it predicted on its training questions: the knob's scale."""
+
+    def __init__(self, config: RouterConfig, quantiles: int = 101):
+        super().__init__()
+        dims, rank, count = config.hidden_size, config.rank, len(config.candidates)
+        self.register_buffer("input_mean", torch.zeros(dims))
+        self.register_buffer("input_scale", torch.ones(dims))
+        self.register_buffer("projection", torch.zeros(rank, dims))
+        self.register_buffer("weight", torch.zeros(count, rank))
+        self.register_buffer("bias", torch.zeros(count))
+        self.register_buffer("quantiles", torch.zeros(quantiles))
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """pooled (B, D): the mean over each row's windows -> predicted log costs (B, candidates)."""
+        standardised = (pooled.float() - self.input_mean) * self.input_scale
+        return F.linear(F.linear(standardised, self.projection), self.weight, self.bias)
+
+    def threshold(self, knob: float) -> float:
+        """The cost at or below which a candidate is skipped: the (1 - knob) / 2 quantile of the training
+        predictions; knob 1 skips nothing."""
+        if knob >= 1.0:
+            return -math.inf
+        position = (1 - knob) / 2 * (len(self.quantiles) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(self.quantiles) - 1)
+        weight = position - low
+        return float((1 - weight) * self.quantiles[low] + weight * self.quantiles[high])
+
+
 class RouterSet(nn.Module):
-    """One router per layer, each reading its input standardised per dimension with the training set's mean
-    and standard deviation at that layer. The standardisation is an affine map the first Linear could absorb
-    (the paper's function class is unchanged), but without it the routers cannot be trained on models with
-    massive activations: from layer 12 on, SmolLM2-135M carries one dimension near 24,000 on the first prompt
-    token (window norms ~5,000 against ~300 elsewhere), which saturates every logit at initialisation."""
+    """The routers of one folder. `classes` (the paper): one router per layer, each reading its input
+    standardised per dimension with the training set's mean and standard deviation at that layer, an affine
+    map the first Linear could absorb (the paper's function class), without which routers cannot be trained
+    on models with massive activations (docs/method.md). `costs`: one CostRouter."""
 
     def __init__(self, config: RouterConfig):
         super().__init__()
         self.config = config
+        if config.kind == "costs":
+            self.cost = CostRouter(config)
+            self.routers = nn.ModuleList()
+            return
         self.routers = nn.ModuleList(
             Router(config.hidden_size, config.bottleneck) for _ in range(config.num_layers)
         )
@@ -123,8 +137,8 @@ class RouterSet(nn.Module):
         return (windows - self.input_mean[layer]) * self.input_scale[layer]
 
     def forward(self, features: Tensor, window_mask: Tensor) -> Tensor:
-        """features (B, L, W, D) -> logits (B, L, 3), every layer's router on its own input. The same
-        computation as calling each Router, done as two batched einsums over stacked weights (training speed)."""
+        """features (B, L, W, D) -> logits (B, L, 3): every layer's router on its own standardised windows,
+        logits averaged over each row's windows; two batched einsums over the stacked weights."""
         features = self.standardize(features)
         up_w = torch.stack([r.up.weight for r in self.routers])  # (L, K, D)
         up_b = torch.stack([r.up.bias for r in self.routers])  # (L, K)
@@ -133,11 +147,6 @@ class RouterSet(nn.Module):
         hidden = self.routers[0].act(torch.einsum("blwd,lkd->blwk", features, up_w) + up_b[:, None, :])
         logits = torch.einsum("blwk,lck->blwc", hidden, out_w) + out_b[:, None, :]  # (B, L, W, 3)
         return window_mean(logits, window_mask)
-
-    def layer_logits(self, layer: int, windows: Tensor, window_mask: Tensor) -> Tensor:
-        """The reference for one layer: its Router on standardised windows (B, W, D) -> logits (B, 3). Routing
-        runs the same function folded (see folded)."""
-        return self.routers[layer](self.standardize(windows, layer), window_mask)
 
     @torch.no_grad()
     def folded(self) -> list[FoldedRouter]:
@@ -164,27 +173,45 @@ class RouterSet(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path, model: PreTrainedModel | None = None, force: bool = False) -> RouterSet:
-        """Load routers; refuse them when `model` (the one they will run on) is not the model they were
-        trained on, unless forced. The same weights at another precision pass: the fingerprint matches for
-        fp32 and bf16, the stored weights sample for fp16 (on GPUs without bf16)."""
+        """Load routers, checking the folder is whole, and refuse them when `model` (the one they will run
+        on) is not their base model, unless forced. The same weights at another precision pass: the
+        fingerprint matches for fp32 and bf16, the stored weights sample for fp16 (GPUs without bf16)."""
         folder = Path(folder)
+        config = cls.read_config(folder)
         try:
-            config = RouterConfig(**json.loads((folder / "config.json").read_text()))
             state = load_file(folder / "routers.safetensors")
-        except (OSError, ValueError, TypeError) as err:
-            raise RouterMismatch(f"cannot read routers from {folder}: {err}") from err
-        if model is not None and not force:
-            fingerprint = weights_fingerprint(model)
-            if fingerprint != config.base_fingerprint and not (
-                config.base_sample and same_weights(weights_sample(model), config.base_sample)
-            ):
-                raise RouterMismatch(
-                    f"routers in {folder} were trained on {config.base_model_name} (fingerprint "
-                    f"{config.base_fingerprint}), not on this model (fingerprint {fingerprint}); pass force=True "
-                    "to use them anyway"
-                )
+        except (OSError, SafetensorError) as err:
+            raise RouterMismatch(
+                f"cannot read {folder / 'routers.safetensors'} ({err}): the file is missing or truncated; "
+                "retrain the routers (dvc repro train)"
+            ) from None
+        if model is not None:
+            check_base_model(config, model, folder, force)
         routers = cls(config)
+        expected = {name: tuple(value.shape) for name, value in routers.state_dict().items()}
+        found = {name: tuple(value.shape) for name, value in state.items()}
+        if found != expected:
+            wrong = sorted(set(expected.items()) ^ set(found.items()))[:4]
+            raise RouterMismatch(
+                f"{folder}: the weights do not match config.json (e.g. {wrong}); retrain them"
+            )
         routers.load_state_dict(state)
+        return routers.eval()
+
+    @staticmethod
+    def read_config(folder: str | Path) -> RouterConfig:
+        return read_router_config(folder)
+
+    @classmethod
+    def read_routing(cls, folder: str | Path) -> Routing:
+        """How the router set in `folder` routes, without loading its weights."""
+        return read_router_config(folder).routing
+
+    def with_knob(self, knob: float) -> RouterSet:
+        """The same routers, calibrated: their routing records `knob`."""
+        config = replace(self.config, routing=replace(self.config.routing, knob=check_knob(knob, "knob")))
+        routers = RouterSet(config)
+        routers.load_state_dict(self.state_dict())
         return routers.eval()
 
     def check_model(self, num_layers: int, hidden_size: int) -> None:
@@ -195,12 +222,25 @@ class RouterSet(nn.Module):
             )
 
 
-def routers_hash(folder: str | Path) -> str:
-    """Content hash of a saved router set (weights and config): the registry's identity for it."""
-    digest = hashlib.sha256()
-    for name in ("routers.safetensors", "config.json"):
-        digest.update((Path(folder) / name).read_bytes())
-    return digest.hexdigest()[:16]
+def check_base_model(config: RouterConfig, model: PreTrainedModel, folder, force: bool = False) -> None:
+    """Refuse routers for another model (unless forced): other shapes always, other weights by fingerprint."""
+    shape = (model.config.num_hidden_layers, model.config.hidden_size)
+    if shape != (config.num_layers, config.hidden_size):
+        raise RouterMismatch(
+            f"routers in {folder} expect {config.num_layers} layers of width {config.hidden_size} "
+            f"({config.base_model_name}), this model has {shape[0]} of width {shape[1]}"
+        )
+    if force:
+        return
+    fingerprint = weights_fingerprint(model)
+    if fingerprint != config.base_fingerprint and not (
+        config.base_sample and same_weights(weights_sample(model), config.base_sample)
+    ):
+        raise RouterMismatch(
+            f"routers in {folder} were trained on {config.base_model_name} (fingerprint "
+            f"{config.base_fingerprint}), not on this model (fingerprint {fingerprint}); pass force=True (--force) "
+            "to use them anyway"
+        )
 
 
 def window_weights(prompt_mask: Tensor, windows: int) -> tuple[Tensor, Tensor]:
@@ -240,54 +280,3 @@ def pool_windows(hidden: Tensor, prompt_mask: Tensor, windows: int) -> tuple[Ten
     """hidden (B, T, D) -> pooled (B, windows, D) float32 and window_mask (B, windows): window_weights."""
     weights, window_mask = window_weights(prompt_mask.to(hidden.device), windows)
     return torch.bmm(weights, hidden.float()), window_mask
-
-
-_TIE_ORDER = (EXECUTE, SKIP, REPEAT)  # max() returns the first of equal maxima
-
-
-def knob_decisions(logits: Sequence[Sequence[float]], knob: float) -> list[int]:
-    """Counts from router logits (B rows of 3, as `logits.tolist()`) under the control knob p in [-1, 1] (our
-    reading of the paper's appendix C): the router's distribution q is mixed towards all-skip for p < 0
-    ((1+p) q + (-p) skip), towards all-execute for 0 < p <= 0.5 ((1-2p) q + 2p execute), and from execute
-    towards all-repeat for p > 0.5. p = 0 is the router's own argmax; p = -1 skips everything, p = 1 repeats
-    everything. A tie goes to execute: at p = 0.25 a saturated skip probability of 1.0 ties the execute mass,
-    and skipping there would break the rule that p >= 0.25 never skips. A row with a NaN or infinite logit
-    executes (the base model's layer), at every knob.
-    Plain Python on purpose: routing decides a few rows at every layer of every prefill, where each tensor
-    operation's fixed cost exceeds the arithmetic."""
-    scale, offset = _knob_mixture(check_knob(knob, "the routing knob"))
-    decisions = []
-    for row in logits:
-        if not all(map(math.isfinite, row)):
-            decisions.append(EXECUTE)
-            continue
-        if knob != 0:  # p = 0 needs no softmax: the argmax of the logits is the argmax of q
-            top = max(row)
-            weights = [math.exp(value - top) for value in row]
-            total = sum(weights)
-            row = [scale * w / total + o for w, o in zip(weights, offset, strict=True)]
-        decisions.append(max(_TIE_ORDER, key=row.__getitem__))
-    return decisions
-
-
-def check_knob(value, where: str) -> float:
-    """`value` as a routing knob, or a ConfigError naming where it came from."""
-    try:
-        knob = float(value)
-    except (TypeError, ValueError):
-        knob = math.nan
-    if not -1.0 <= knob <= 1.0:
-        raise ConfigError(f"{where} must be a number in [-1, 1], got {value!r}")
-    return knob
-
-
-def _knob_mixture(knob: float) -> tuple[float, tuple[float, ...]]:
-    """The knob's mixture as scale * q + offset (per class)."""
-    offset = [0.0] * NUM_CLASSES
-    if knob < 0:
-        scale, offset[SKIP] = 1 + knob, -knob
-    elif knob <= 0.5:
-        scale, offset[EXECUTE] = 1 - 2 * knob, 2 * knob
-    else:
-        scale, offset[EXECUTE], offset[REPEAT] = 0.0, 2 - 2 * knob, 2 * knob - 1
-    return scale, tuple(offset)

@@ -1,30 +1,12 @@
-"""Path search: for one example, find the shortest layer path that still answers correctly.
+"""Path search for one example: UCT over edit trees (`mcts`) and the two baselines at the same budget.
 
-State and actions (the `mcts` strategy). A tree node is a complete path, reached from the default path
-(every layer once) by a sequence of edits: skip one layer, skip two consecutive layers, or repeat one layer
-once. A child adds one edit on a layer its parent still executes once, anywhere in the stack; the tree keeps
-one node per path (the same edits reached in another order are not added twice). An earlier version only
-allowed edits after the parent's last edit: that made every path unique for free, but biased labels towards
-the last layers (a set of edits {a < b} was reachable only as a then b, with probability 1/L * 1/(L - a)).
-A child shares its parent's path up to the edited layer, and the rewards module reuses that prefix's hidden
-states. Why edits rather than one decision per layer: good paths differ from
-the default in a handful of places, so an edit tree reaches them at depth 2-5, while a per-layer tree would
-need ~L levels of bookkeeping decisions before the first useful one.
-
-Selection is UCT with the paper's score Q/v + c*sqrt(ln V/v) - lambda*blocks/L (the length penalty steers
-towards shorter paths and is not backed up), a random child with probability `random_child`, and progressive
-widening: a node visited v times may hold ceil(widening * v^widening_power) children; untried edits come in
-order of the blocks they save (an unvisited child's UCT score is infinite, so its length term breaks the
-tie), random among equals. Widening is what lets 50 simulations look past the first edit when a node
-has ~3L possible edits. Each round picks `parallel` leaves with virtual loss and scores them in one batched
-forward. The reward is 1 when the answer is right (or right by a margin), else 0.
-
-Baselines at the same budget: `chain` (the published code's search: each simulation applies one random edit
-to the single leaf of a chain that starts at the default path; a quarter of its edits, "repeat 0 times", do
-nothing) and `random` (independent draws of 1..random_max_edits random edits from the default path).
-
-Kept result, for every strategy: the shortest path with reward 1 (ties: fewer distinct layers, then the
-larger margin, then the first found); examples with none are dropped by the caller.
+A tree node is a complete path, reached from the default path by edits (skip one layer, skip two
+consecutive layers, repeat one layer once) on layers its parent still executes once; the tree holds each
+path once. Selection is the paper's UCT score with a length penalty that is not backed up, a random child
+with probability `random_child`, and progressive widening; each round scores `parallel` leaves in one
+batched forward. `chain` is the published code's search (one chain of random edits, a quarter of them
+no-ops), `random` independent random edits, and `singles` every single-layer skip (the skip-cost labels'
+data). docs/method.md explains the choices.
 """
 
 from __future__ import annotations
@@ -37,13 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from drllm_core.errors import ConfigError
+from drllm_core.labels import shortest_first
 from drllm_core.paths import EXECUTE, REPEAT, SKIP, LayerPath, PathConstraints
 from drllm_core.rewards import Outcome
+from drllm_core.routing import DECISION_DEPTH, decision_layer
 
-STRATEGIES = ("mcts", "chain", "random")
-# Bumped whenever a change to the search changes its results or its records: part of the checkpoint key, so
-# results of an older search are never resumed into a newer one.
-ALGORITHM_VERSION = 3
+STRATEGIES = ("mcts", "chain", "random", "singles")
 EDIT_KINDS = ("skip1", "skip2", "repeat")
 
 
@@ -64,12 +45,27 @@ class SearchConfig:
     max_skip_run: int | None = 2  # longest run of skipped layers allowed
     max_blocks: int | None = None  # budget of blocks per token (None: 2L)
     seed: int = 0
+    decision_depth: float = DECISION_DEPTH  # singles: only the layers after the one cost routers decide at
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown search strategy {self.strategy!r}; use one of {STRATEGIES}")
-        if self.simulations < 1 or self.parallel < 1:
-            raise ConfigError("search.simulations and search.parallel must be at least 1")
+        for name in ("simulations", "parallel", "random_max_edits"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"search.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_skip_run is not None and self.max_skip_run < 0:
+            raise ConfigError(
+                f"search.max_skip_run must be at least 0 (or null: unlimited), got {self.max_skip_run}"
+            )
+        if self.max_blocks is not None and self.max_blocks < 1:
+            raise ConfigError(f"search.max_blocks must be at least 1 (or null: 2L), got {self.max_blocks}")
+        for name in ("random_child", "widening_power", "decision_depth"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"search.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.widening <= 0 or self.exploration < 0 or self.length_penalty < 0:
+            raise ConfigError(
+                "search.widening must be positive, search.exploration and search.length_penalty at least 0"
+            )
 
     @property
     def constraints(self) -> PathConstraints:
@@ -186,16 +182,13 @@ class _Tracker:
         )
 
 
-def shortest_first(path: LayerPath, margin: float, found: int) -> tuple:
-    """Sort key of the kept result: fewer blocks, then fewer distinct layers, larger margin, found earlier."""
-    return (path.blocks, path.distinct_layers(), -(0.0 if math.isnan(margin) else margin), found)
-
-
 def search(rewards: Rewards, num_layers: int, config: SearchConfig, rng: np.random.Generator) -> SearchResult:
     """Run one strategy on one example. The default path is always scored first (it is not a simulation)."""
     tracker = _Tracker(rewards, config, num_layers)
     if not tracker.done:
-        {"mcts": _mcts, "chain": _chain, "random": _random}[config.strategy](tracker, rng)
+        {"mcts": _mcts, "chain": _chain, "random": _random, "singles": _singles}[config.strategy](
+            tracker, rng
+        )
     return tracker.result()
 
 
@@ -324,3 +317,17 @@ def _random(tracker: _Tracker, rng: np.random.Generator) -> None:
                 path = _random_edit(path, rng, tracker.config.constraints, EDIT_KINDS)
             batch.append(path)
         tracker.score(batch)
+
+
+def _singles(tracker: _Tracker, rng: np.random.Generator) -> None:
+    """Every single-layer skip after the decision layer (or `simulations` of them, drawn at random, when
+    that is fewer): what skipping each layer alone does to the answer, the data of the skip-cost labels.
+    Each path shares the default path up to its skipped layer."""
+    layers = tracker.num_layers
+    after = np.arange(decision_layer(tracker.config.decision_depth, layers) + 1, layers)
+    chosen = np.sort(rng.permutation(after)[: min(len(after), tracker.config.simulations)])
+    default = LayerPath.default(layers)
+    paths = [default.with_count(int(layer), SKIP) for layer in chosen]
+    paths = [p for p in paths if p.is_valid(layers, tracker.config.constraints)]
+    for start in range(0, len(paths), tracker.config.parallel):
+        tracker.score(paths[start : start + tracker.config.parallel])

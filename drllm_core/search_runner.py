@@ -1,55 +1,83 @@
-"""Run the path search over a set of examples: one record per example, checkpointed as it finishes, on
-this process (`backend: local`) or sharded over Ray workers (`backend: ray`, drllm_core.distributed).
+"""Run the path search over a set of examples: one record per example, checkpointed as it finishes, on this
+process (`runtime.search_backend: local`) or sharded over Ray workers (`ray`, drllm_core.distributed).
 
 A record holds every distinct path the search scored with its reward and margin, whether the default path
 answers correctly, and what the search spent (simulations, distinct paths scored, block evaluations). The
-label rule (drllm_core.labels) then picks the kept path from the scored ones.
+label rule (drllm_core.labels) then picks the kept path from the scored ones, so a new rule relabels the
+checkpoint without searching again.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import pandas as pd
 import torch
+from tqdm import tqdm
 
+from drllm_core.checkpoint import Checkpoint
+from drllm_core.distributed import ray_map
 from drllm_core.engine import PathEngine
-from drllm_core.errors import ConfigError
-from drllm_core.models import LoadedModel
+from drllm_core.errors import ConfigError, config_from, typed
+from drllm_core.labels import LabelRule, labelled
+from drllm_core.models import LoadedModel, ModelSpec, load_model
 from drllm_core.rewards import REWARDS, PathRewards
+from drllm_core.runtime import Runtime
 from drllm_core.search import SearchConfig, example_rng, search
-from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
+from drllm_core.tasks.scorer import ExampleScorer
 
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """How the search runs (not what it finds): the `search` keys that do not change results."""
-
-    backend: str = "local"  # local | ray
-    ray_address: str | None = None  # join this Ray cluster; empty starts a local instance
-    workers: int | None = None  # Ray workers (None: one per GPU, else one per 2 CPUs)
-    threads: int | None = None  # torch threads per process (None: torch's default locally, 1 per Ray worker)
-    prefix_cache_mb: float = 1024  # memory for the prefix states one example's search reuses (per process)
-
-    def __post_init__(self):
-        if self.backend not in ("local", "ray"):
-            raise ConfigError(f"unknown search.backend {self.backend!r}; use local or ray")
-        if not isinstance(self.prefix_cache_mb, int | float) or self.prefix_cache_mb <= 0:
-            raise ConfigError(
-                f"search.prefix_cache_mb must be a positive number, got {self.prefix_cache_mb!r}"
-            )
+log = logging.getLogger(__name__)
+TIMING_FIELDS = ("seconds",)  # in the checkpoint, never in the labelled records downstream stages read
 
 
 @dataclass(frozen=True)
 class RewardConfig:
-    reward: str = "correct"  # correct | margin
-    margin: float = 0.0  # margin reward: gold must beat the best wrong choice by this much
+    reward: str = "correct"  # correct | margin | faithful
+    margin: float = (
+        0.0  # margin: gold ahead of the best wrong choice; faithful: the answer ahead of the runner-up
+    )
 
     def __post_init__(self):
         if self.reward not in REWARDS:
             raise ConfigError(f"unknown search.reward {self.reward!r}; use one of {REWARDS}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """params.yaml's `search` section for one strategy, split by what reads each part."""
+
+    search: SearchConfig
+    reward: RewardConfig
+    rule: LabelRule
+    max_examples: int | None  # search examples sampled by seed from the search set (None: all)
+
+    @classmethod
+    def from_params(cls, params: dict, strategy: str) -> SearchSettings:
+        def part(kind):
+            return config_from(kind, "search", {k: v for k, v in params.items() if k in _names(kind)})
+
+        others = (*_names(RewardConfig), *_names(LabelRule), "max_examples", "strategies")
+        config = config_from(SearchConfig, "search", {**params, "strategy": strategy}, ignore=others)
+        max_examples = typed(params.get("max_examples"), int | None, "search.max_examples")
+        if max_examples is not None and max_examples < 1:
+            raise ConfigError(f"search.max_examples must be at least 1, or null for all, got {max_examples}")
+        rule = part(LabelRule)
+        if strategy == "singles":  # its records hold single skips only: their labels are skip costs
+            rule = replace(rule, label_rule="skip_cost")
+        elif rule.label_rule == "skip_cost":
+            raise ConfigError(
+                "search.label_rule skip_cost labels the singles strategy only; use shortest, consensus or soft"
+            )
+        return cls(config, part(RewardConfig), rule, max_examples)
+
+
+def _names(kind) -> set[str]:
+    return set(kind.__dataclass_fields__)
 
 
 class ExampleSearcher:
@@ -61,7 +89,7 @@ class ExampleSearcher:
         task_params: dict,
         search: SearchConfig,
         reward: RewardConfig,
-        cache_mb: float = RunnerConfig.prefix_cache_mb,
+        cache_mb: float = Runtime.prefix_cache_mb,
     ):
         self.loaded = loaded
         self.engine = PathEngine(loaded.model)
@@ -92,30 +120,76 @@ class ExampleSearcher:
             "scored_labels": [list(path.counts) for path in rewards.memo],
             "scored_reward": [outcome.reward for outcome in rewards.memo.values()],
             "scored_margin": [outcome.margin for outcome in rewards.memo.values()],
+            "scored_scores": [list(outcome.scores) for outcome in rewards.memo.values()],  # per choice
+            "scored_prediction": [outcome.prediction for outcome in rewards.memo.values()],
+            "scored_correct": [outcome.correct for outcome in rewards.memo.values()],
         }
 
 
-def run_local(searcher: ExampleSearcher, examples: Iterable[Example], threads: int | None) -> Iterator[dict]:
-    if threads:
-        torch.set_num_threads(threads)
-    for example in examples:
-        yield searcher(example)
+def _remote_searcher(model_params, task_params, search, reward, cache_mb) -> ExampleSearcher:
+    """Built inside each Ray worker: loads the model there."""
+    return ExampleSearcher(
+        load_model(ModelSpec.from_params(model_params)), task_params, search, reward, cache_mb
+    )
 
 
-def run_search(
+def searcher_factory(
+    loaded: LoadedModel, model_params: dict, task_params: dict, settings: SearchSettings, runtime: Runtime
+) -> Callable[[], ExampleSearcher]:
+    """How to build a searcher: on this process with the model already loaded, or in every Ray worker."""
+    arguments = (task_params, settings.search, settings.reward, runtime.prefix_cache_mb)
+    if runtime.search_backend == "local":
+        return functools.partial(ExampleSearcher, loaded, *arguments)
+    return functools.partial(_remote_searcher, model_params, *arguments)
+
+
+def search_examples(
     examples: list[Example],
     make_searcher: Callable[[], ExampleSearcher],
-    runner: RunnerConfig,
-    on_record: Callable[[dict], None],
-) -> None:
-    """Search every example and hand each record to `on_record` as soon as it exists."""
-    if not examples:
-        return
-    if runner.backend == "local":
-        records = run_local(make_searcher(), examples, runner.threads)
-    else:
-        from drllm_core.distributed import run_ray
+    runtime: Runtime,
+    checkpoint: Checkpoint,
+    rule: LabelRule,
+) -> pd.DataFrame:
+    """Labelled records of every example, in order, searching the ones `checkpoint` lacks (each record is
+    checkpointed as soon as it exists), with a progress bar."""
+    todo = [e for e in examples if e.example_id not in checkpoint]
+    log.info(
+        "%d of %d examples already done (checkpoint %s)",
+        len(examples) - len(todo),
+        len(examples),
+        checkpoint.path.name,
+    )
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="search", unit="ex")
+    rows = {
+        e.example_id: labelled(checkpoint.records[e.example_id], rule)
+        for e in examples
+        if e.example_id in checkpoint
+    }
+    found = sum(r["wrong_to_correct"] for r in rows.values())
+    kept = sum(r["kept"] for r in rows.values())
 
-        records = run_ray(examples, make_searcher, runner)
-    for record in records:
-        on_record(record)
+    def on_record(record: dict) -> None:
+        nonlocal found, kept
+        checkpoint.add(record)
+        row = rows[record["example_id"]] = labelled(record, rule)
+        found, kept = found + row["wrong_to_correct"], kept + row["kept"]
+        bar.set_postfix(w2c=found, kept=kept)
+        bar.update()
+
+    threads = torch.get_num_threads()
+    try:
+        if todo and runtime.search_backend == "local":
+            torch.set_num_threads(runtime.threads or threads)
+            records = map(make_searcher(), todo)
+        else:
+            records = (
+                ray_map(make_searcher, todo, runtime.ray_address, runtime.workers, runtime.threads)
+                if todo
+                else []
+            )
+        for record in records:
+            on_record(record)
+    finally:
+        torch.set_num_threads(threads)
+    bar.close()
+    return pd.DataFrame([rows[e.example_id] for e in examples]).drop(columns=list(TIMING_FIELDS))

@@ -1,60 +1,21 @@
-"""Router training: teacher-forced feature cache, focal loss with effective-number class weights, and metrics.
-
-Teacher forcing, as in the paper: the model follows each example's labelled path while the router inputs are
-recorded, so router l learns from the hidden state the labelled decisions before it produce. Because the
-base model is frozen and the decisions are discrete, those inputs are computed once (`build_features`) and
-training touches only the routers: no LLM forward per epoch.
+"""Router training on cached features (drllm_core.features): focal loss with effective-number class weights,
+AdamW with warm-up and cosine decay, and held-out metrics against trivial predictors. Only the routers train;
+the base model is not involved.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from drllm_core.errors import ConfigError, config_from
-from drllm_core.routers import NUM_CLASSES, RouterConfig, RouterSet, pool_windows
-from drllm_core.tasks.evaluator import ExampleScorer
-from drllm_core.tasks.schema import Example
-
-CLASSES = ("skip", "execute", "repeat")
-
-
-@torch.no_grad()
-def build_features(
-    scorer: ExampleScorer, examples: Sequence[Example], labels: Tensor, windows: int, batch_size: int = 16
-) -> tuple[Tensor, Tensor]:
-    """Pooled router inputs along each example's labelled path: features (N, L, W, D), window mask (N, W).
-    The hidden state entering layer l is pooled over the prompt tokens, then layer l runs with its label."""
-    engine = scorer.engine
-    features, masks = [], []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        rows = [scorer.prompt_ids(e) for e in chunk]
-        width = max(len(r) for r in rows)
-        pad = scorer.tokenizer.pad_token_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        chunk_labels = labels[start : start + batch_size].clone()
-        pooled_per_layer: list[Tensor] = []
-        window_mask = None
-
-        def record(
-            layer: int, hidden: Tensor, mask=mask, store=pooled_per_layer, chunk_labels=chunk_labels
-        ) -> Tensor:
-            nonlocal window_mask
-            pooled, window_mask = pool_windows(hidden, mask.bool(), windows)
-            store.append(pooled.to(torch.bfloat16).cpu())
-            return chunk_labels[:, layer]
-
-        engine.run(engine.embed(ids, mask), chunk_labels, decide=record)
-        features.append(torch.stack(pooled_per_layer, dim=1))  # (B, L, W, D)
-        masks.append(window_mask.cpu())
-    return torch.cat(features), torch.cat(masks)
+from drllm_core.paths import CLASS_NAMES
+from drllm_core.routers import CostRouter, RouterSet
+from drllm_core.routing import NUM_CLASSES, RouterConfig
 
 
 @dataclass(frozen=True)
@@ -72,6 +33,10 @@ class TrainConfig:
     beta: float = 0.999  # effective-number class weights
     val_fraction: float = 0.2  # search examples held out to judge the routers
     seed: int = 0
+    candidates: int = (
+        5  # cost routers: the layers after the decision layer they may skip, cheapest on average
+    )
+    max_skips: int = 2  # cost routers: skipped layers per input, at most
 
     @classmethod
     def from_params(cls, train_params: dict) -> TrainConfig:
@@ -79,7 +44,7 @@ class TrainConfig:
         return config_from(cls, "train", train_params, ignore=("routers",))
 
     def __post_init__(self):
-        for name in ("bottleneck", "windows", "epochs", "batch_size"):
+        for name in ("bottleneck", "windows", "epochs", "batch_size", "candidates", "max_skips"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -99,10 +64,13 @@ def effective_number_weights(labels: Tensor, beta: float) -> Tensor:
 
 
 def focal_loss(logits: Tensor, targets: Tensor, gamma: float, weights: Tensor) -> Tensor:
-    """Mean over examples and layers of -w_c (1 - p_t)^gamma log p_t."""
+    """Mean over examples and layers of -sum_c t_c w_c (1 - p_c)^gamma log p_c, where t is one-hot for class
+    index targets (B, L) and a class distribution for soft labels (B, L, 3)."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    log_pt = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (-weights[targets] * (1 - log_pt.exp()) ** gamma * log_pt).mean()
+    if targets.dim() == log_probs.dim() - 1:
+        targets = torch.nn.functional.one_hot(targets, log_probs.shape[-1]).float()
+    terms = targets.float() * weights * (1 - log_probs.exp()) ** gamma * log_probs
+    return -terms.sum(-1).mean()
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +87,7 @@ def classification_metrics(predicted: Tensor, target: Tensor) -> dict:
         (target.flatten(), predicted.flatten()), torch.ones(target.numel(), dtype=torch.long), accumulate=True
     )
     per_class, f1s = {}, []
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(CLASS_NAMES):
         tp = confusion[c, c].item()
         predicted_c, actual_c = confusion[:, c].sum().item(), confusion[c].sum().item()
         precision = tp / predicted_c if predicted_c else 0.0
@@ -162,11 +130,48 @@ class TrainResult:
     val_examples: int
     class_weights: list[float]
 
+    def metrics(self) -> dict:
+        """The held-out metrics against the trivial predictors (metrics/train/<name>.json)."""
+        validation, baselines = self.validation, self.baselines
+        return {
+            "train_examples": self.train_examples,
+            "val_examples": self.val_examples,
+            "val_macro_f1": validation["macro_f1"],
+            "val_accuracy": validation["accuracy"],
+            "majority_macro_f1": baselines["majority"]["macro_f1"],
+            "majority_accuracy": baselines["majority"]["accuracy"],
+            "prior_macro_f1": baselines["prior"]["macro_f1"],
+            "prior_accuracy": baselines["prior"]["accuracy"],
+            "beats_trivial_macro_f1": validation["macro_f1"] > max(b["macro_f1"] for b in baselines.values()),
+            "class_weights": self.class_weights,
+            "validation": validation,
+            "baselines": baselines,
+        }
+
+    def summary(self) -> str:
+        m = self.metrics()
+        return (
+            f"held-out macro-F1 {m['val_macro_f1']:.3f} (majority {m['majority_macro_f1']:.3f}, prior "
+            f"{m['prior_macro_f1']:.3f}), accuracy {m['val_accuracy']:.3f} (majority {m['majority_accuracy']:.3f})"
+        )
+
+    def confusion_rows(self) -> list[dict]:
+        """One row per held-out label, (actual, predicted) class names: DVC's confusion plot."""
+        confusion = self.validation["confusion"]
+        return [
+            {"actual": actual, "predicted": predicted}
+            for a, actual in enumerate(CLASS_NAMES)
+            for p, predicted in enumerate(CLASS_NAMES)
+            for _ in range(confusion[a][p])
+        ] or [{"actual": "", "predicted": ""}]
+
 
 def train_routers(
-    features: Tensor, window_mask: Tensor, labels: Tensor, router_config: RouterConfig, config: TrainConfig
+    features: Tensor, window_mask: Tensor, targets: Tensor, router_config: RouterConfig, config: TrainConfig
 ) -> TrainResult:
-    """Train one router per layer on cached features; the base model is not involved."""
+    """Train one router per layer on cached features; the base model is not involved. `targets` are class
+    labels (N, L), or soft labels (N, L, 3), whose most likely class the metrics judge."""
+    labels = targets.argmax(-1) if targets.dim() == 3 else targets
     torch.manual_seed(config.seed)
     train_idx, val_idx = split_indices(len(labels), config.val_fraction, config.seed)
     features = features.float()
@@ -196,14 +201,14 @@ def train_routers(
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
             loss = focal_loss(
-                routers(features[batch], window_mask[batch]), labels[batch], config.gamma, weights
+                routers(features[batch], window_mask[batch]), targets[batch], config.gamma, weights
             )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-        evaluation = _evaluate(routers, features, window_mask, labels, val_idx, config, weights)
+        evaluation = _evaluate(routers, features, window_mask, targets, val_idx, config, weights)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **evaluation})
     routers.eval()
     with torch.no_grad():
@@ -219,14 +224,194 @@ def train_routers(
 
 
 @torch.no_grad()
-def _evaluate(routers, features, window_mask, labels, indices, config, weights) -> dict:
+def _evaluate(routers, features, window_mask, targets, indices, config, weights) -> dict:
     if not len(indices):
         return {}
     routers.eval()
     logits = routers(features[indices], window_mask[indices])
+    labels = targets.argmax(-1) if targets.dim() == 3 else targets
     metrics = classification_metrics(logits.argmax(-1), labels[indices])
     return {
-        "val_loss": focal_loss(logits, labels[indices], config.gamma, weights).item(),
+        "val_loss": focal_loss(logits, targets[indices], config.gamma, weights).item(),
         "val_accuracy": metrics["accuracy"],
         "val_macro_f1": metrics["macro_f1"],
+    }
+
+
+# ---- cost routers -----------------------------------------------------------------------------------------
+COST_FLOOR = 1e-6  # log(KL + floor): a skip that changes nothing is a finite target
+RANKS = (2, 4, 8, 16)  # the linear map's rank and the ridge penalty, chosen by cross-validation
+PENALTIES = (1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass
+class CostTrainResult:
+    routers: RouterSet
+    validation: dict  # held-out: fit of the predicted costs and the answers the chosen skips change
+    train_examples: int
+    val_examples: int
+    history: list[dict]  # the cross-validation: (rank, penalty) -> mean squared error
+
+    def metrics(self) -> dict:
+        return {"train_examples": self.train_examples, "val_examples": self.val_examples, **self.validation}
+
+    def summary(self) -> str:
+        m = self.metrics()
+        return (
+            f"held-out answers changed by the chosen skip {m['val_changed']:.3f} (static {m['static_changed']:.3f}, "
+            f"oracle {m['oracle_changed']:.3f}); cost error {m['val_mse']:.2f} (trivial {m['trivial_mse']:.2f})"
+        )
+
+    def confusion_rows(self) -> list[dict]:
+        """No classes: DVC's confusion plot gets one empty row."""
+        return [{"actual": "", "predicted": ""}]
+
+
+def train_cost_router(
+    features: Tensor,
+    window_mask: Tensor,
+    costs: Tensor,
+    keeps: Tensor,
+    router_config: RouterConfig,
+    config: TrainConfig,
+) -> CostTrainResult:
+    """Fit a cost router (drllm_core.routers.CostRouter) in closed form. Inputs: the pooled features
+    (N, L, W, D) along the default path, and per question and layer the skip cost (KL) and whether the answer
+    stayed, NaN where not searched. The candidates are the `candidates` layers after the decision layer that
+    change the fewest training answers; rank and penalty are chosen by 5-fold cross-validation on the
+    training questions; held-out questions judge the result against the best single candidate for all."""
+    train_idx, val_idx = split_indices(len(costs), config.val_fraction, config.seed)
+    layer = router_config.decision_layer
+    weights = window_mask.double()[:, :, None]
+    pooled = (features[:, layer].double() * weights).sum(1) / weights.sum(1).clamp(min=1)  # (N, D)
+    changed = 1 - keeps.double()
+    later = torch.arange(layer + 1, router_config.num_layers)
+    mean_changed = torch.nanmean(changed[train_idx][:, later], 0)
+    candidates = later[
+        torch.argsort(torch.nan_to_num(mean_changed, nan=2.0), stable=True)[: config.candidates]
+    ]
+    candidates = torch.sort(candidates).values
+    targets = torch.log(costs.double()[:, candidates] + COST_FLOOR)  # (N, M)
+    train_x, train_y = pooled[train_idx], targets[train_idx]
+    history = []
+    for rank in RANKS:
+        for penalty in PENALTIES:
+            history.append(
+                {
+                    "rank": rank,
+                    "penalty": penalty,
+                    "cv_mse": _cross_validated_mse(train_x, train_y, rank, penalty, config.seed),
+                }
+            )
+    best = min(history, key=lambda row: row["cv_mse"])
+    best["rank"] = _usable_rank(best["rank"], train_x)
+    router_config = replace(
+        router_config, candidates=candidates.tolist(), rank=min(best["rank"], len(train_idx))
+    )
+    routers = RouterSet(router_config)
+    _fit(routers.cost, train_x, train_y, best["rank"], best["penalty"])
+    with torch.no_grad():
+        predicted = routers.cost(train_x.float()).double()
+        routers.cost.quantiles.copy_(
+            torch.quantile(
+                predicted.flatten(), torch.linspace(0, 1, len(routers.cost.quantiles), dtype=torch.float64)
+            ).float()
+        )
+    validation = _cost_validation(
+        routers.cost,
+        pooled[val_idx],
+        targets[val_idx],
+        changed[:, candidates],
+        train_idx,
+        val_idx,
+        targets[train_idx],
+    )
+    return CostTrainResult(routers.eval(), {**validation, **best}, len(train_idx), len(val_idx), history)
+
+
+def _usable_rank(rank: int, x: Tensor) -> int:
+    """At most as many directions as the data has (dimensions, and rows less one for the mean)."""
+    return max(1, min(rank, x.shape[1], len(x) - 1))
+
+
+def _fit(router, x: Tensor, y: Tensor, rank: int, penalty: float) -> None:
+    """Standardise x, project it on its top `rank` principal directions and solve a ridge regression per
+    target column on the rows where that target is known."""
+    mean = x.mean(0)
+    scale = 1.0 / x.std(0).clamp(min=1e-3)
+    z = (x - mean) * scale
+    _, _, vt = torch.linalg.svd(z - z.mean(0), full_matrices=False)
+    projection = vt[:rank]
+    p = z @ projection.T  # (N, R)
+    weight, bias = (
+        torch.zeros(y.shape[1], rank, dtype=torch.float64),
+        torch.zeros(y.shape[1], dtype=torch.float64),
+    )
+    for column in range(y.shape[1]):
+        known = ~torch.isnan(y[:, column])
+        if not known.any():
+            continue
+        pk, yk = p[known], y[known, column]
+        pm, ym = pk.mean(0), yk.mean()
+        gram = (pk - pm).T @ (pk - pm) + penalty * torch.eye(rank, dtype=torch.float64)
+        weight[column] = torch.linalg.solve(gram, (pk - pm).T @ (yk - ym))
+        bias[column] = ym - pm @ weight[column]
+    with torch.no_grad():
+        router.input_mean.copy_(mean.float())
+        router.input_scale.copy_(scale.float())
+        router.projection.copy_(projection.float())
+        router.weight.copy_(weight.float())
+        router.bias.copy_(bias.float())
+
+
+def _cross_validated_mse(x: Tensor, y: Tensor, rank: int, penalty: float, seed: int, folds: int = 5) -> float:
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(x)))
+    errors = []
+    for fold in range(folds):
+        held = order[fold::folds]
+        kept = torch.as_tensor(np.setdiff1d(order.numpy(), held.numpy()))
+        if len(kept) <= rank or not len(held):
+            continue
+        rank = _usable_rank(rank, x[kept])
+        router = CostRouter(
+            RouterConfig(1, x.shape[1], rank=rank, candidates=list(range(1, y.shape[1] + 1)), kind="costs")
+        )
+        _fit(router, x[kept], y[kept], rank, penalty)
+        with torch.no_grad():
+            error = (router(x[held].float()).double() - y[held]) ** 2
+        errors.append(torch.nanmean(error).item())
+    return float(np.mean(errors)) if errors else math.inf
+
+
+def _cost_validation(
+    router, x: Tensor, y: Tensor, changed: Tensor, train_idx, val_idx, train_y: Tensor
+) -> dict:
+    """Held-out: the predicted costs' squared error against the trivial predictor (each candidate's training
+    mean) and their rank correlation with the true costs; and, skipping one candidate per question, the
+    share of answers changed by the predicted cheapest one, by the candidate that changed the fewest
+    training answers (static), and by the truly cheapest (the oracle)."""
+    if not len(x):
+        return {}
+    with torch.no_grad():
+        predicted = router(x.float()).double()
+    trivial = torch.nanmean(train_y, 0).expand_as(y)
+    rows = torch.arange(len(x))
+    static = int(torch.argmin(torch.nan_to_num(torch.nanmean(changed[train_idx], 0), nan=2.0)))
+    changed = changed[val_idx]
+    ranks = [
+        float(
+            np.corrcoef(
+                np.argsort(np.argsort(predicted[k, :].numpy())), np.argsort(np.argsort(y[k, :].numpy()))
+            )[0, 1]
+        )
+        for k in range(len(x))
+        if not torch.isnan(y[k]).any()
+    ]
+    return {
+        "val_mse": torch.nanmean((predicted - y) ** 2).item(),
+        "trivial_mse": torch.nanmean((trivial - y) ** 2).item(),
+        "val_rank_correlation": float(np.nanmean(ranks)) if ranks else math.nan,
+        "val_changed": torch.nanmean(changed[rows, predicted.argmin(1)]).item(),
+        "static_changed": torch.nanmean(changed[:, static]).item(),
+        "oracle_changed": torch.nanmean(changed[rows, torch.nan_to_num(y, nan=math.inf).argmin(1)]).item(),
     }

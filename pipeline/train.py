@@ -1,14 +1,16 @@
 """Stage `train`: focal-loss routers on cached features, with the base model frozen (it is not even loaded).
 
-Writes models/routers/<name>/ (routers.safetensors + config.json), metrics/train/<name>.json (final
-validation metrics, the trivial predictors' metrics, the history) and plots/train/<name>/{history,confusion}.csv
-for `dvc plots`. `--shuffle-labels` trains the control: each example gets another example's label vector.
-Reads params `model` (spec, recorded with the routers) and `train`.
+Writes models/routers/<name>/ (routers.safetensors + config.json, with how they route: the search's path
+limits and the features' prompt format), metrics/train/<name>.json (held-out metrics against the trivial
+predictors) and plots/train/<name>/{history,confusion}.csv for `dvc plots`; its wall time and memory go to
+metrics/timings/train-<name>.json. `--shuffle-labels` trains the control: each example gets another
+example's labels (or skip costs). Class routers (the paper's, on path labels) or a cost router (on skip-cost
+labels, search.label_rule: skip_cost), as the features hold. Reads params `model.spec`, `search.max_skip_run`,
+`search.max_blocks`, `search.decision_depth` and `train`.
 """
 
 from __future__ import annotations
 
-import csv
 import resource
 import time
 from dataclasses import asdict
@@ -18,22 +20,14 @@ import torch
 from safetensors.torch import load_file
 
 from drllm_core import io, tracking
-from drllm_core.routers import RouterConfig
-from drllm_core.training import TrainConfig, train_routers
+from drllm_core.errors import ConfigError
+from drllm_core.paths import PathConstraints
+from drllm_core.routing import DECISION_DEPTH, RouterConfig, Routing, decision_layer
+from drllm_core.training import TrainConfig, train_cost_router, train_routers
 from pipeline.common import load_params, log, parser, run, section
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    def writer(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            out = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            out.writeheader()
-            out.writerows(rows)
-
-    io.write_with(path, writer)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
     args.add_argument("--features", required=True, help="e.g. data/features/mcts")
     args.add_argument(
@@ -43,23 +37,40 @@ def main() -> None:
     args.add_argument("--out", required=True, help="e.g. models/routers/mcts")
     args.add_argument("--metrics", required=True, help="e.g. metrics/train/mcts.json")
     args.add_argument("--plots", required=True, help="e.g. plots/train/mcts")
+    args.add_argument("--timings", default=None, help="default: metrics/timings/train-<name>.json")
     args.add_argument(
         "--shuffle-labels",
         default="false",
         choices=["true", "false"],
-        help="true: the control, labels shuffled across examples",
+        help="true: the control, labels shuffled",
     )
-    args = args.parse_args()
+    return run(_main, args, argv)
+
+
+def _main(args) -> None:
     params = load_params(args.params)
     train_params = section(params, "train")
     config = TrainConfig.from_params(train_params)
+    constraints = PathConstraints.from_params(section(params, "search"))
+    tracking.configure()  # an unreachable store stops the stage before it works, not after
     tensors = load_file(Path(args.features) / "features.safetensors")
     meta = io.read_json(Path(args.features) / "meta.json")
-    labels = tensors["labels"]
+    if meta["windows"] != config.windows:
+        raise ConfigError(
+            f"train.windows is {config.windows} but the features in {args.features} were pooled into "
+            f"{meta['windows']} windows: run `dvc repro` (features reruns with the new windows)"
+        )
     shuffle = args.shuffle_labels == "true"
-    if shuffle:
-        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed))]
+    if shuffle:  # the control: each example gets another example's labels (or costs)
+        order = torch.randperm(len(tensors["labels"]), generator=torch.Generator().manual_seed(config.seed))
+        tensors |= {
+            name: tensors[name][order]
+            for name in ("labels", "costs", "keeps", "soft_labels")
+            if name in tensors
+        }
     features, window_mask = tensors["features"], tensors["window_mask"]
+    search_params = section(params, "search")
+    kind = "costs" if "costs" in tensors else "classes"
     search_stats = io.read_json(Path(args.paths) / "stats.json")
     router_config = RouterConfig(
         num_layers=features.shape[1],
@@ -69,76 +80,66 @@ def main() -> None:
         base_model=section(params, "model")["spec"],
         base_model_name=meta["model"],
         base_fingerprint=meta["fingerprint"],
-        base_sample=meta.get("weights_sample", []),  # features from before samples: the fingerprint alone
+        base_sample=meta["weights_sample"],
         provenance={
             "data_manifest": io.read_json(Path(args.prepared) / "manifest.json")["sets"]["search"]["sha256"],
-            # no timings: the routers' content hash (registry versions, evaluation keys) must not change
-            # when a rerun finds the same labels at another speed
-            "search": {
-                k: v for k, v in search_stats.items() if k != "label_shares" and not k.endswith("_seconds")
-            },
-            "label_shares": search_stats.get("label_shares"),
-            # the training knobs only: adding a router set elsewhere changes nothing here
-            "train": asdict(config),
+            "search": {k: v for k, v in search_stats.items() if k != "label_shares"},
+            "label_shares": search_stats["label_shares"],
+            "train": asdict(
+                config
+            ),  # the training knobs only: adding a router set elsewhere changes nothing here
             "shuffled_labels": shuffle,
         },
+        routing=Routing(
+            constraints.max_skip_run,
+            constraints.max_blocks,
+            meta["tasks"],
+            max_skips=config.max_skips if kind == "costs" else None,
+        ),
+        kind=kind,
+        decision_layer=decision_layer(
+            float(search_params.get("decision_depth", DECISION_DEPTH)), features.shape[1]
+        ),
     )
     start = time.perf_counter()
-    result = train_routers(features, window_mask, labels, router_config, config)
+    if kind == "costs":
+        result = train_cost_router(
+            features, window_mask, tensors["costs"], tensors["keeps"], router_config, config
+        )
+    else:
+        targets = tensors["soft_labels"].float() if "soft_labels" in tensors else tensors["labels"]
+        result = train_routers(features, window_mask, targets, router_config, config)
     seconds = time.perf_counter() - start
     result.routers.save(args.out)
-    validation, baselines = result.validation, result.baselines
-    metrics = {
+    metrics = result.metrics()
+    io.write_json(args.metrics, metrics)
+    io.write_csv(Path(args.plots) / "history.csv", result.history)
+    io.write_csv(Path(args.plots) / "confusion.csv", result.confusion_rows())
+    name = Path(args.out).name
+    timings = {
         "train_seconds": seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "train_examples": result.train_examples,
-        "val_examples": result.val_examples,
-        "val_macro_f1": validation["macro_f1"],
-        "val_accuracy": validation["accuracy"],
-        "majority_macro_f1": baselines["majority"]["macro_f1"],
-        "majority_accuracy": baselines["majority"]["accuracy"],
-        "prior_macro_f1": baselines["prior"]["macro_f1"],
-        "prior_accuracy": baselines["prior"]["accuracy"],
-        "beats_trivial_macro_f1": validation["macro_f1"] > max(b["macro_f1"] for b in baselines.values()),
-        "class_weights": result.class_weights,
-        "validation": validation,
-        "baselines": baselines,
     }
-    io.write_json(args.metrics, metrics)
-    write_csv(Path(args.plots) / "history.csv", result.history)
-    confusion = validation["confusion"]
-    write_csv(
-        Path(args.plots) / "confusion.csv",
-        [
-            {"actual": actual, "predicted": predicted}
-            for a, actual in enumerate(("skip", "execute", "repeat"))
-            for p, predicted in enumerate(("skip", "execute", "repeat"))
-            for _ in range(confusion[a][p])
-        ]
-        or [{"actual": "", "predicted": ""}],
+    io.write_json(args.timings or f"metrics/timings/train-{name}.json", timings)
+    tracking.log_stage(
+        "train",
+        {"train": train_params},
+        {**metrics, **timings},
+        {"drllm.routers": name},
+        name=f"train-{name}",
+        history=result.history,
+        artifacts={"validation_metrics.json": metrics},
     )
-    name = Path(args.out).name
-    with tracking.stage_run("train", {"train": train_params}, {"drllm.routers": name}, name=f"train-{name}"):
-        import mlflow
-
-        for row in result.history:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float | bool)})
-        mlflow.log_dict(validation, "validation_metrics.json")
     log.info(
-        "routers %s: %d train / %d held-out examples in %.1f s; held-out macro-F1 %.3f (majority %.3f, prior %.3f), "
-        "accuracy %.3f (majority %.3f)",
+        "routers %s (%s): %d train / %d held-out examples in %.1f s; %s",
         name,
+        kind,
         result.train_examples,
         result.val_examples,
         seconds,
-        validation["macro_f1"],
-        baselines["majority"]["macro_f1"],
-        baselines["prior"]["macro_f1"],
-        validation["accuracy"],
-        baselines["majority"]["accuracy"],
+        result.summary(),
     )
 
 
 if __name__ == "__main__":
-    run(main)
+    raise SystemExit(main())

@@ -1,33 +1,37 @@
 """Routers, windowed pooling, the knob, persistence, features and training."""
 
+import json
 import math
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from drllm_core.engine import PathEngine
+from drllm_core.features import build_features
 from drllm_core.inference import RoutedModel
 from drllm_core.models import weights_fingerprint, weights_sample
-from drllm_core.routers import (
+from drllm_core.paths import LayerPath
+from drllm_core.routers import RouterSet, pool_windows, window_average
+from drllm_core.routing import (
     RouterConfig,
     RouterMismatch,
-    RouterSet,
+    Routing,
+    cost_decisions,
     knob_decisions,
-    pool_windows,
     routers_hash,
-    window_average,
 )
-from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
+from drllm_core.tasks.scorer import ExampleScorer
 from drllm_core.training import (
     TrainConfig,
-    build_features,
     classification_metrics,
     effective_number_weights,
     focal_loss,
+    train_cost_router,
     train_routers,
 )
-from tests.conftest import tiny_loaded, tiny_model
+from tests.conftest import _COMMON, tiny_loaded, tiny_model
 
 
 def test_pooling_uses_min_windows_tokens_and_drops_trailing_ones():
@@ -52,8 +56,8 @@ def test_router_shapes_init_and_window_average():
     features, mask = torch.randn(4, 3, 2, 8), torch.tensor([[True, True]] * 3 + [[True, False]])
     logits = routers(features, mask)
     assert logits.shape == (4, 3, 3)
-    single = first(features[3:, 0, :1], torch.tensor([[True]]))
-    torch.testing.assert_close(logits[3, 0], single[0])  # the masked window does not count
+    single = routers(features[3:, :, :1], torch.tensor([[True]]))
+    torch.testing.assert_close(logits[3], single[0])  # the masked window does not count
 
 
 def test_knob_extremes_and_centre():
@@ -107,8 +111,8 @@ def test_knob_mixes_the_router_distribution_as_documented():
 def test_save_load_refuses_another_base_model_but_not_the_same_weights_in_fp16(tmp_path):
     base = tiny_model("llama", seed=0)
     config = RouterConfig(
-        num_layers=2,
-        hidden_size=4,
+        num_layers=6,
+        hidden_size=64,
         bottleneck=3,
         base_model_name="a",
         base_fingerprint=weights_fingerprint(base),
@@ -127,8 +131,40 @@ def test_save_load_refuses_another_base_model_but_not_the_same_weights_in_fp16(t
         RouterSet.load(tmp_path / "r", other)
     assert RouterSet.load(tmp_path / "r", other, force=True)
     assert len(routers_hash(tmp_path / "r")) == 16
-    with pytest.raises(RouterMismatch, match="expect 2 layers"):
-        loaded.check_model(6, 4)
+    with pytest.raises(RouterMismatch, match="expect 6 layers"):
+        loaded.check_model(2, 4)
+    narrow = AutoModelForCausalLM.from_config(LlamaConfig(**{**_COMMON, "hidden_size": 32}))
+    with pytest.raises(RouterMismatch, match="expect 6 layers of width 64 .a., this model has 6 of width 32"):
+        RouterSet.load(tmp_path / "r", narrow, force=True)  # never, even forced
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_layers": 3}, "the weights do not match config.json"),
+        ({"hidden_size": 5}, "the weights do not match config.json"),
+        ({"windows": 0}, "windows must be a whole number of at least 1, got 0"),
+        ({"routing": {"knob": 3.0}}, r"routing.knob must be a number in \[-1, 1\], got 3.0"),
+        ({"routing": {"max_skip_run": 0, "max_blocks": 1}}, "a budget of 1 blocks cannot be met"),
+        ({"mystery": 1}, "is not a router config of this drllm version"),
+    ],
+)
+def test_a_broken_router_folder_is_refused_naming_the_problem(tmp_path, change, message):
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RouterMismatch, match=message):
+        RouterSet.load(tmp_path / "r")
+
+
+def test_truncated_router_weights_are_refused_with_what_to_do(tmp_path):
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
+    weights = tmp_path / "r" / "routers.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(RouterMismatch, match="missing or truncated; retrain the routers"):
+        RouterSet.load(tmp_path / "r")
 
 
 def test_effective_number_weights_and_focal_loss():
@@ -142,6 +178,21 @@ def test_effective_number_weights_and_focal_loss():
     assert focal_loss(logits, torch.tensor([[0]]), 0.0, torch.ones(3)) == pytest.approx(
         torch.nn.functional.cross_entropy(logits[0], torch.tensor([0])).item(), rel=1e-5
     )
+
+
+def test_focal_loss_on_soft_targets_is_the_mixture_of_the_hard_ones():
+    logits = torch.randn(2, 3, 3)
+    hard = torch.tensor([[0, 1, 2], [1, 1, 0]])
+    one_hot = torch.nn.functional.one_hot(hard, 3).float()
+    weights = torch.tensor([2.0, 0.5, 1.0])
+    assert focal_loss(logits, one_hot, 2.0, weights) == pytest.approx(
+        focal_loss(logits, hard, 2.0, weights).item()
+    )
+    soft = 0.25 * one_hot + 0.75 * torch.nn.functional.one_hot(torch.ones_like(hard), 3).float()
+    mixed = 0.25 * focal_loss(logits, hard, 2.0, weights) + 0.75 * focal_loss(
+        logits, torch.ones_like(hard), 2.0, weights
+    )
+    assert focal_loss(logits, soft, 2.0, weights) == pytest.approx(mixed.item(), rel=1e-5)
 
 
 def test_metrics_on_a_known_confusion():
@@ -214,17 +265,54 @@ def test_routed_model_decides_per_row_and_respects_skip_runs():
     assert unconstrained[0].path == (0,) * 6
 
 
-def test_batched_forward_equals_each_layer_router_on_standardised_inputs_and_the_folded_routers():
+def test_routing_keeps_the_block_budget_the_labels_were_searched_under():
+    loaded = tiny_loaded()
+    routing = Routing(max_skip_run=1, max_blocks=8)
+    routers = RouterSet(RouterConfig(6, 64, 8, 4, routing=routing))
+    with torch.no_grad():  # routers that always want to repeat
+        for router in routers.routers:
+            router.out.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
+    (answer,) = RoutedModel(loaded, routers).generate(["What is two plus two?"], max_new_tokens=2)
+    assert (
+        answer.path == (2, 2, 2, 1, 1, 0) and answer.blocks == 8
+    )  # repeats while the budget can still be kept
+    tight = RouterSet(RouterConfig(6, 64, 8, 4, routing=Routing(max_skip_run=1, max_blocks=4)))
+    with torch.no_grad():  # routers that always want to execute, under a budget that needs skips
+        for router in tight.routers:
+            router.out.bias.copy_(torch.tensor([0.0, 10.0, 0.0]))
+    (answer,) = RoutedModel(loaded, tight).generate(["What is two plus two?"], max_new_tokens=2)
+    assert answer.blocks <= 4 and LayerPath(answer.path).is_valid(6, tight.config.routing.constraints)
+
+
+def test_the_knob_comes_from_the_folder_unless_given(tmp_path):
+    loaded = tiny_loaded()
+    routers = RouterSet(RouterConfig(6, 64, 8, 4, base_fingerprint=weights_fingerprint(loaded.model)))
+    assert RoutedModel(loaded, routers).knob == 0.0  # uncalibrated: the routers' own choice
+    routers.with_knob(-0.3).save(tmp_path / "calibrated")
+    assert RoutedModel.from_folder(loaded, tmp_path / "calibrated").knob == -0.3
+    assert RoutedModel.from_folder(loaded, tmp_path / "calibrated", knob=0.2).knob == 0.2
+
+
+def _reference_logits(routers, layer, windows, mask):
+    """The paper's router written out for one layer: the MLP on each standardised window, logits averaged."""
+    router = routers.routers[layer]
+    standardised = (windows - routers.input_mean[layer]) * routers.input_scale[layer]
+    logits = router.out(torch.nn.functional.gelu(router.up(standardised), approximate="tanh"))  # (B, W, 3)
+    weights = mask.float().unsqueeze(-1)
+    return (logits * weights).sum(1) / weights.sum(1)
+
+
+def test_batched_forward_and_the_folded_routers_equal_the_paper_router_on_standardised_inputs():
     routers = RouterSet(RouterConfig(num_layers=3, hidden_size=8, bottleneck=5, windows=2))
     features, mask = 50 * torch.randn(4, 3, 2, 8) + 7, torch.tensor([[True, True], [True, False]] * 2)
     features[..., 0] += 24_000  # a massive activation: the mean far above its spread must not cost precision
     routers.fit_input_statistics(features, mask)
-    each = [routers.layer_logits(i, features[:, i], mask) for i in range(3)]
+    each = torch.stack([_reference_logits(routers, i, features[:, i], mask) for i in range(3)], dim=1)
     folded = [
         router.logits(features[:, i], window_average(mask)) for i, router in enumerate(routers.folded())
     ]
-    torch.testing.assert_close(routers(features, mask), torch.stack(each, dim=1))
-    torch.testing.assert_close(torch.stack(folded, dim=1), torch.stack(each, dim=1))
+    torch.testing.assert_close(routers(features, mask), each)
+    torch.testing.assert_close(torch.stack(folded, dim=1), each)
 
 
 def test_input_statistics_ignore_missing_windows_and_survive_save_load(tmp_path):
@@ -255,3 +343,71 @@ def test_routers_learn_despite_massive_activations():
     features[:, :, 0, 5] += 24_000 + 500 * torch.randn(300, 4, generator=generator)
     result = _train_small(features, labels)
     assert result.validation["macro_f1"] > max(b["macro_f1"] for b in result.baselines.values()) + 0.2
+
+
+def _cost_data(n=300, layers=6, dims=8, seed=0):
+    """Questions whose cheapest skip is layer 4 when feature 0 is positive, else layer 5; layers 0..2 cost a lot."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, layers, 2, dims, generator=generator)
+    positive = features[:, 2, :, 0].mean(1) > 0  # read at the decision layer (2 of 6)
+    costs = torch.full((n, layers), 1.0, dtype=torch.float64)
+    costs[:, 3] = 0.05
+    costs[:, 4] = torch.where(positive, 0.001, 0.5).double()
+    costs[:, 5] = torch.where(positive, 0.5, 0.001).double()
+    costs[:, :3] = float("nan")  # not searched: before the decision layer
+    keeps = (costs < 0.01).double()
+    keeps[:, :3] = float("nan")
+    return features, torch.ones(n, 2, dtype=torch.bool), costs, keeps
+
+
+def test_a_cost_router_learns_which_skip_is_cheapest_and_beats_the_best_static_skip():
+    features, mask, costs, keeps = _cost_data()
+    config = RouterConfig(6, 8, windows=2, kind="costs", decision_layer=2, candidates=[5])
+    result = train_cost_router(
+        features, mask, costs, keeps, config, TrainConfig(candidates=3, val_fraction=0.3)
+    )
+    validation = result.validation
+    assert result.routers.config.candidates == [3, 4, 5]  # layers after the decision layer
+    assert (
+        validation["val_changed"] < 0.1 < validation["static_changed"]
+    )  # static keeps only half the answers
+    assert validation["val_mse"] < validation["trivial_mse"] and validation["oracle_changed"] == 0.0
+    quantiles = result.routers.cost.quantiles
+    assert bool((quantiles[1:] >= quantiles[:-1]).all())
+    assert result.routers.cost.threshold(1.0) == -math.inf
+    assert result.routers.cost.threshold(-1.0) == pytest.approx(float(quantiles[-1]))
+
+
+def test_cost_decisions_skip_the_cheapest_candidates_below_the_threshold():
+    costs = [[-5.0, -1.0, -3.0], [0.0, 2.0, float("nan")]]
+    assert cost_decisions(costs, [3, 4, 5], threshold=-2.0, max_skips=None) == [[3, 5], []]
+    assert cost_decisions(costs, [3, 4, 5], threshold=10.0, max_skips=1) == [[3], [3]]  # NaN is never skipped
+    assert cost_decisions(costs, [3, 4, 5], threshold=10.0, max_skips=None) == [[3, 4, 5], [3, 4]]
+
+
+def test_routed_generation_with_a_cost_router_skips_its_planned_layers(tmp_path):
+    loaded = tiny_loaded()
+    config = RouterConfig(
+        6,
+        64,
+        windows=4,
+        kind="costs",
+        decision_layer=2,
+        candidates=[3, 4, 5],
+        rank=2,
+        base_fingerprint=weights_fingerprint(loaded.model),
+        routing=Routing(max_skips=1),
+    )
+    routers = RouterSet(config)
+    with torch.no_grad():  # layer 5 is predicted cheapest for every input
+        routers.cost.bias.copy_(torch.tensor([0.0, 1.0, -3.0]))
+        routers.cost.quantiles.copy_(torch.linspace(-4, 2, 101))
+    routers.save(tmp_path / "r")
+    loaded_routers = RouterSet.load(tmp_path / "r", loaded.model)
+    assert torch.equal(loaded_routers.cost.bias, routers.cost.bias)
+    answers = RoutedModel(loaded, loaded_routers, knob=-1.0).generate(
+        ["Hi there", "Two plus two?"], max_new_tokens=2
+    )
+    assert [a.path for a in answers] == [(1, 1, 1, 1, 1, 0)] * 2
+    (none,) = RoutedModel(loaded, loaded_routers, knob=1.0).generate(["Hi there"], max_new_tokens=2)
+    assert none.path == (1,) * 6  # knob 1 skips nothing

@@ -11,8 +11,8 @@ from drllm_core.engine import PathEngine
 from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.rewards import Outcome, PathRewards
 from drllm_core.search import SearchConfig, apply_edit, example_rng, search, valid_edits
-from drllm_core.tasks.evaluator import ExampleScorer
 from drllm_core.tasks.schema import Example
+from drllm_core.tasks.scorer import ExampleScorer
 from tests.conftest import tiny_loaded
 
 L = 6
@@ -178,3 +178,32 @@ def test_margin_reward_needs_a_clear_win():
     strict = PathRewards(scorer, QUESTION, reward="margin", margin=abs(plain.margin) + 1.0)([DEFAULT])[0]
     assert strict.reward == 0.0
     assert plain.reward == float(plain.correct)
+
+
+def test_the_faithful_reward_keeps_the_default_answer_right_or_wrong():
+    scorer = _scorer()
+    paths = [DEFAULT, *(DEFAULT.with_count(layer, 0) for layer in range(DEFAULT.num_layers))]
+    plain = PathRewards(scorer, QUESTION)(paths)
+    faithful = PathRewards(scorer, QUESTION, reward="faithful")(paths)
+    assert faithful[0].reward == 1.0  # the default path keeps its own answer, whether it is right or not
+    for p, f in zip(plain, faithful, strict=True):
+        assert f.prediction == p.prediction and f.correct == p.correct  # the same paths, scored alike
+        assert f.reward == float(f.prediction == plain[0].prediction)  # correctness does not enter
+        assert f.lead == pytest.approx(max(f.scores) - sorted(f.scores)[-2])
+    demanding = PathRewards(scorer, QUESTION, reward="faithful", margin=faithful[0].lead + 1.0)(paths)
+    assert demanding[0].reward == 0.0  # the answer must lead the runner-up by the margin
+    alone = PathRewards(scorer, QUESTION, reward="faithful")(paths[1:])  # scores the default first by itself
+    assert [o.reward for o in alone] == [o.reward for o in faithful[1:]]
+
+
+def test_singles_scores_every_skip_after_the_decision_layer_at_half_a_forward_each():
+    scorer = _scorer()
+    rewards = PathRewards(scorer, QUESTION)
+    config = SearchConfig(strategy="singles", simulations=50, decision_depth=0.4)  # decision layer 2 of 6
+    result = search(rewards, 6, config, example_rng(0, "q"))
+    assert set(rewards.memo) == {DEFAULT, *(DEFAULT.with_count(layer, 0) for layer in (3, 4, 5))}
+    assert result.simulations == 3
+    assert rewards.layer_evaluations == 6 + 2 + 1 + 0  # the default path, then each skip after its layer
+    few = PathRewards(scorer, QUESTION)
+    search(few, 6, SearchConfig(strategy="singles", simulations=2, decision_depth=0.4), example_rng(0, "q"))
+    assert len(few.memo) == 3  # the default and 2 of the 3 skips, drawn at random

@@ -1,5 +1,8 @@
 """The label suite: a good file passes; each corruption fails with a message naming the check and examples."""
 
+import hashlib
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -37,8 +40,10 @@ def good_paths() -> pd.DataFrame:
             "labels": [list(c) for c in LABELS],
             "order": [LayerPath(c).order for c in LABELS],
             "kept": [True] * len(LABELS),
-            "best_correct": [True] * len(LABELS),
             "wrong_to_correct": [False, True, False, False],
+            # what the search scored: the default path first, then the label (rewarded)
+            "scored_labels": [[[1] * L, list(c)] for c in LABELS],
+            "scored_reward": [[0.0, 1.0]] * len(LABELS),
         }
     )
 
@@ -66,6 +71,8 @@ def test_a_good_file_passes():
         "labels in {0,1,2}",
         "skip runs",
         "path matches labels",
+        "labels were rewarded",
+        "whole labels",
     }
 
 
@@ -83,7 +90,8 @@ def _corrupt(column, row, value):
         (_corrupt("example_id", 3, "arc_easy/q0"), "unique ids", "arc_easy/q0"),
         (_corrupt("order", 0, [0, 1, 2, 3, 4, 5]), "path matches labels", "arc_easy/q0"),
         (_corrupt("labels", 3, [1, 0, 0, 0, 1, 1]), "skip runs", "arc_easy/q3"),
-        (_corrupt("best_correct", 2, False), "kept paths are correct", "arc_easy/q2"),
+        (_corrupt("scored_reward", 2, [1.0, 0.0]), "labels were rewarded", "arc_easy/q2"),
+        (_corrupt("labels", 0, [1, 1.5, 1, 1, 1, 0.5]), "whole labels", "arc_easy/q0"),
     ],
 )
 def test_each_corruption_fails_naming_the_check_and_the_example(paths, check, offender):
@@ -96,6 +104,10 @@ def test_each_corruption_fails_naming_the_check_and_the_example(paths, check, of
 def test_the_path_limits_are_the_ones_the_search_ran_under():
     three_skips = _corrupt("labels", 3, [1, 0, 0, 0, 1, 1])
     three_skips.at[3, "order"] = LayerPath((1, 0, 0, 0, 1, 1)).order
+    three_skips.at[3, "scored_labels"] = [
+        [1] * L,
+        [1, 0, 0, 0, 1, 1],
+    ]  # a search under max_skip_run 3 found it
     assert "skip runs" in _failed(_check(three_skips))
     assert not _failed(_check(three_skips, constraints=PathConstraints(max_skip_run=3)))
     unlimited = {r.name for r in _check(three_skips, constraints=PathConstraints(max_skip_run=None))}
@@ -119,8 +131,8 @@ def test_a_leaked_id_or_question_fails():
 
 def test_empty_file_and_missing_column():
     assert "enough examples" in _failed(_check(good_paths().iloc[:0]))
-    failed = _failed(_check(good_paths().drop(columns=["best_correct"])))
-    assert "column best_correct" in failed
+    failed = _failed(_check(good_paths().drop(columns=["wrong_to_correct"])))
+    assert "column wrong_to_correct" in failed
 
 
 def test_class_shares_warn_before_they_fail():
@@ -158,10 +170,17 @@ def test_stage_exits_non_zero_and_names_failures(tmp_path):
         "validate",
         *("--params", tmp_path / "params.yaml", "--paths", paths_dir, "--prepared", prepared),
         *("--out", tmp_path / "report"),
-        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 1
     assert (
         "labels at most 2" in done.stderr and "arc_easy/q1" in done.stderr and "Traceback" not in done.stderr
     )
     assert (tmp_path / "report" / "result.json").is_file() and (tmp_path / "report" / "report.html").is_file()
+    assert not (tmp_path / "report" / "validated.json").exists()  # features never runs on rejected labels
+    good_paths().to_parquet(paths_dir / "paths.parquet")
+    stage = ("--params", tmp_path / "params.yaml", "--paths", paths_dir, "--prepared", prepared)
+    assert run_stage("validate", *stage, "--out", tmp_path / "report").returncode == 0
+    validated = json.loads((tmp_path / "report" / "validated.json").read_text())
+    assert validated == {
+        "paths_sha256": hashlib.sha256((paths_dir / "paths.parquet").read_bytes()).hexdigest()
+    }
