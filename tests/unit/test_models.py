@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config
 
+from drllm_core.errors import ConfigError
 from drllm_core.models import (
     ModelLoadError,
     ModelSpec,
@@ -27,6 +28,26 @@ def test_corrupt_gguf_file(tmp_path):
     bad.write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(ModelLoadError, match="incomplete or corrupt"):
         load_model(str(bad))
+
+
+def test_a_gguf_cut_to_a_few_bytes(tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(b"GGUF\x03\x00\x00\x00\x10")  # the magic and a version, then nothing
+    with pytest.raises(ModelLoadError, match="incomplete or corrupt"):
+        load_model(str(cut))
+
+
+def test_a_truncated_converted_model_says_to_delete_the_cache(tmp_path):
+    tiny = tiny_model("llama")
+    tiny.save_pretrained(tmp_path)
+    from tests.conftest import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(tmp_path)
+    (tmp_path / "drllm_source.json").write_text("{}")  # what the embedded conversion leaves beside it
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    with pytest.raises(ModelLoadError, match=f"delete {tmp_path} and run again"):
+        load_model(str(tmp_path))
 
 
 def test_folder_without_config(tmp_path):
@@ -53,11 +74,13 @@ def test_unknown_specs(spec):
         load_model(spec)
 
 
-def test_unknown_params_keys():
-    with pytest.raises(ModelLoadError, match="unknown keys"):
+def test_unknown_params_keys_and_bad_types():
+    with pytest.raises(ConfigError, match=r"unknown keys in params.yaml `model`: \['dtyp'\]"):
         ModelSpec.from_params({"spec": "x", "dtyp": "auto"})
-    with pytest.raises(ModelLoadError, match="trust_remote_code must be true or false, got 'no'"):
+    with pytest.raises(ConfigError, match="`model.trust_remote_code` must be true or false, got 'no'"):
         ModelSpec.from_params({"trust_remote_code": "no"})
+    with pytest.raises(ModelLoadError, match="trust_remote_code must be true or false"):
+        ModelSpec(trust_remote_code="yes")
 
 
 def test_dtype_and_device_rules():

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from drllm_core.errors import ConfigError
 from drllm_core.prepare import PrepareError, build_sets, sample
 from drllm_core.tasks.schema import COLUMNS, Example
 from tests.conftest import run_stage
@@ -83,8 +84,16 @@ def test_bad_params_are_named(tmp_path):
         build_sets({"sets": {"search": [{"task": "arc_hard"}]}})
     with pytest.raises(PrepareError, match="unknown sets"):
         build_sets({"sets": {"train": []}})
-    with pytest.raises(PrepareError, match="unknown keys"):
+    with pytest.raises(
+        ConfigError, match=r"unknown keys in params.yaml `prepare.sets.search \(mine\)`: \['sizes'\]"
+    ):
         build_sets({"sets": {"search": [{"task": "mine", "source": "local", "path": search, "sizes": 3}]}})
+    with pytest.raises(PrepareError, match="size must be at least 1, or left out for every example; got -5"):
+        build_sets({"sets": {"search": [{"task": "mine", "source": "local", "path": search, "size": -5}]}})
+    frames, _ = build_sets(
+        {"sets": {"search": [{"task": "mine", "source": "local", "path": search, "size": "1"}]}}
+    )
+    assert len(frames["search"]) == 1  # a number written as a string
 
 
 def _run_stage(params_file, out):
