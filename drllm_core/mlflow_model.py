@@ -1,17 +1,17 @@
-"""The MLflow pyfunc for a router set ("models from code"): loads the base model and the routers, and answers
-prompts with routed greedy generation (the same code path as drllm_core.inference.RoutedModel.generate).
+"""The MLflow pyfunc of a router folder ("models from code"): loads the base model and the routers, and
+answers prompts with routed greedy generation (drllm_core.inference.RoutedModel.generate).
 
-Input: a DataFrame with a `prompt` column. Output: `text`, `path` (per-layer counts) and `blocks` per prompt.
-Options in the model config: `max_new_tokens`, and what register sets (drllm_core.tracking.Serving): `knob`
-and `max_skip_run` (the operating point `evaluate` measured) and `chat_template` (`tasks.defaults`: the
-default prompt format, the one the default routers were trained on). `params` at predict time override `max_new_tokens`, `knob` and `chat_template`.
+Input: a DataFrame with a `prompt` column and, optionally, `choices` (a list of answers per row): a row with
+choices is a multiple-choice question, scored as `evaluate` scores one (drllm_core.inference.RoutedModel.choose),
+the others are answered by routed greedy generation. Output per row: `text` (generated; empty for a question
+with choices), `choice` (the chosen index, -1 for generation), `scores` (per choice), `path` (per-layer
+counts) and `blocks`. The folder says how to route (its calibrated knob, the path limits, the prompt format);
+`params` at predict time may override `max_new_tokens`, `knob` and `chat_template`. The model config holds the
+base model's `model` params (dtype, device, cache folder) and the routers' content hash, which loading checks:
+MLflow runs this file's code when a version loads, so only load versions from a store you trust.
 """
 
 from __future__ import annotations
-
-import json
-from dataclasses import asdict
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -22,31 +22,53 @@ class RoutedLLM(PythonModel):
     def load_context(self, context):
         from drllm_core.inference import RoutedModel
         from drllm_core.models import ModelSpec, load_model
-        from drllm_core.tracking import Serving
+        from drllm_core.routers import RouterSet
+        from drllm_core.routing import RouterMismatch, routers_hash
 
         folder = context.artifacts["routers"]
-        config = json.loads((Path(folder) / "config.json").read_text())
-        self.options = {"max_new_tokens": 64, **asdict(Serving()), **(context.model_config or {})}
-        model_params = self.options.pop("model", None) or {"spec": config["base_model"]}
-        self.routed = RoutedModel.from_folder(
-            load_model(ModelSpec.from_params(model_params)),
-            folder,
-            max_skip_run=self.options.pop("max_skip_run"),
-        )
+        settings = context.model_config or {}
+        expected, found = settings.get("routers_hash"), routers_hash(folder)
+        if expected != found:  # the version's routers were changed after registration: refuse them
+            raise RouterMismatch(
+                f"the routers of this version hash to {found}, not to {expected} as registered"
+            )
+        config = RouterSet.read_config(folder)
+        model_params = settings.get("model") or {"spec": config.base_model}
+        self.routed = RoutedModel.from_folder(load_model(ModelSpec.from_params(model_params)), folder)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        options = {**self.options, **(params or {})}
-        self.routed.knob = float(options["knob"])
-        answers = self.routed.generate(
-            list(model_input["prompt"]), int(options["max_new_tokens"]), bool(options["chat_template"])
-        )
-        return pd.DataFrame(
-            {
-                "text": [a.text for a in answers],
-                "path": [list(a.path) for a in answers],
-                "blocks": [a.blocks for a in answers],
+        params = params or {}
+        self.routed.knob = float(params.get("knob", self.routed.knob))
+        prompts = [str(p) for p in model_input["prompt"]]
+        choices = list(model_input["choices"]) if "choices" in model_input else [None] * len(prompts)
+        asked = [i for i, c in enumerate(choices) if c is not None and len(c)]
+        free = [i for i in range(len(prompts)) if i not in set(asked)]
+        rows = [{}] * len(prompts)
+        chosen = self.routed.choose([prompts[i] for i in asked], [list(choices[i]) for i in asked])
+        for i, answer in zip(asked, chosen, strict=True):
+            rows[i] = {
+                "text": "",
+                "choice": answer.choice,
+                "scores": list(answer.scores),
+                "path": list(answer.path),
+                "blocks": answer.blocks,
             }
+        generated = (
+            self.routed.generate(
+                [prompts[i] for i in free], int(params.get("max_new_tokens", 64)), params.get("chat_template")
+            )
+            if free
+            else []
         )
+        for i, answer in zip(free, generated, strict=True):
+            rows[i] = {
+                "text": answer.text,
+                "choice": -1,
+                "scores": [],
+                "path": list(answer.path),
+                "blocks": answer.blocks,
+            }
+        return pd.DataFrame(rows, columns=["text", "choice", "scores", "path", "blocks"])
 
 
 mlflow.models.set_model(RoutedLLM())

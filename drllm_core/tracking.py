@@ -1,9 +1,14 @@
-"""MLflow tracking for the pipeline: where the store is, and one run per stage execution.
+"""MLflow tracking for the pipeline: where the store is, one run per stage execution, and the model registry.
 
 The store is `MLFLOW_TRACKING_URI` when set, else a sqlite file `mlflow.db` at the repository root, resolved
 to an absolute path, so that `dvc exp run --temp` (which runs in a copy under .dvc/tmp/exps/) logs to the
 same store as the workspace. Runs of one pipeline state share the tag `drllm.pipeline` (a hash of
-params.yaml and the code version) so the UI can group them.
+params.yaml and the code version) so the UI can group them. Tracking is part of the product: a stage that
+logs checks the store before it starts working and stops with an error when it cannot reach it.
+
+A registered version is a router folder (weights, base model and how it routes: drllm_core.routers.Routing),
+so the folder's content hash is the version's identity: the same folder is registered once, whatever runs
+register it at once; anything that changes what a version serves changes the hash.
 """
 
 from __future__ import annotations
@@ -11,31 +16,59 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from drllm_core.paths import PAPER_CONSTRAINTS
+from filelock import FileLock
+
+from drllm_core.errors import DrllmError
+from drllm_core.io import repository_root
 
 EXPERIMENT = "drllm"
+ROUTERS_HASH_TAG = "drllm.routers_hash"
+KNOB_TAG = "drllm.knob"  # the knob a version serves at by default (its routers' calibrated knob)
 
 
-def repository_root(start: Path | None = None) -> Path:
-    """The project root: the folder above `.dvc/tmp/exps/...` in a temporary experiment, else the nearest
-    folder holding dvc.yaml, else the current folder."""
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    for index in range(len(parts) - 2):
-        if parts[index : index + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:index])
-    for folder in (here, *here.parents):
-        if (folder / "dvc.yaml").is_file():
-            return folder
-    return here
+class TrackingError(DrllmError):
+    pass
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repository_root() / 'mlflow.db'}"
+
+
+def _lock(purpose: str) -> FileLock:
+    """A lock shared by every process on this machine that uses the same store: beside a sqlite file, else
+    in the temporary folder, named by the store's URI."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return FileLock(f"{uri.removeprefix('sqlite:///')}.{purpose}.lock")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    return FileLock(Path(tempfile.gettempdir()) / f"drllm-mlflow-{digest}.{purpose}.lock")
+
+
+def configure():
+    """Point MLflow at the store and the experiment, creating both once (serialised: concurrent first runs
+    on a fresh sqlite store would race to create its schema); returns the mlflow module. An unreachable
+    store is a TrackingError naming it."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # fail in seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _lock("create"):
+            mlflow.set_experiment(EXPERIMENT)
+    except (MlflowException, OSError) as err:
+        raise TrackingError(
+            f"cannot reach the MLflow store {uri} ({type(err).__name__}: {str(err)[:300]}). Every stage logs "
+            "there and register writes the registry: start the server, fix MLFLOW_TRACKING_URI, or unset it to "
+            "use mlflow.db at the repository root"
+        ) from None
+    return mlflow
 
 
 def pipeline_tag(params_path: str = "params.yaml") -> str:
@@ -50,15 +83,6 @@ def pipeline_tag(params_path: str = "params.yaml") -> str:
     return digest.hexdigest()[:12]
 
 
-def configure():
-    """Point MLflow at the store and the experiment; returns the mlflow module."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(EXPERIMENT)
-    return mlflow
-
-
 @contextmanager
 def stage_run(stage: str, params: dict | None = None, tags: dict | None = None, name: str | None = None):
     """An MLflow run for one stage execution, tagged with the stage and the pipeline state."""
@@ -68,6 +92,32 @@ def stage_run(stage: str, params: dict | None = None, tags: dict | None = None, 
         if params:
             mlflow.log_params(_flat(params))
         yield run
+
+
+def log_stage(
+    stage: str,
+    params: dict,
+    metrics: dict,
+    tags: dict | None = None,
+    name: str | None = None,
+    history: list[dict] | None = None,
+    artifacts: dict[str, dict] | None = None,
+) -> None:
+    """One run: the numeric `metrics` (others are skipped), per-step `history` rows (their `epoch` or list
+    position is the step) and JSON `artifacts`."""
+    with stage_run(stage, params, tags, name):
+        import mlflow
+
+        mlflow.log_metrics(numeric(metrics))
+        for step, row in enumerate(history or []):
+            values = {k: v for k, v in row.items() if k != "epoch"}
+            mlflow.log_metrics(numeric(values), step=int(row.get("epoch", step)))
+        for file, payload in (artifacts or {}).items():
+            mlflow.log_dict(payload, file)
+
+
+def numeric(values: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, str)}
 
 
 def _flat(params: dict, prefix: str = "") -> dict:
@@ -82,42 +132,21 @@ def _flat(params: dict, prefix: str = "") -> dict:
 
 
 # ---- model registry ---------------------------------------------------------------------------------------
-ROUTERS_HASH_TAG = "drllm.routers_hash"
-KNOB_TAG = "drllm.knob"  # the routing knob a version serves at (its model config's default)
-
-
-@dataclass(frozen=True)
-class Serving:
-    """How a registered version routes and prompts unless a prediction says otherwise: the operating point
-    `evaluate` measured (knob, skip-run limit) and the default prompt format (`tasks.defaults.chat_template`).
-    In the pipeline the routers' hash fixes the skip-run limit and the prompt format (they shape its labels
-    and features), so a version is keyed by the routers' hash and the knob only."""
-
-    knob: float = 0.0
-    max_skip_run: int | None = PAPER_CONSTRAINTS.max_skip_run
-    chat_template: bool = False
-
-
 def registered_model_name(base_model_name: str) -> str:
+    """One registered model per base model: router sets of different models never share versions."""
     return f"drllm-{base_model_name}"
 
 
-def find_version(name: str, routers_hash: str, knob: float | None = None):
-    """The registered version holding this router set (served at `knob`, when given), or None."""
+def find_version(name: str, routers_hash: str):
+    """The registered version holding this router folder, or None."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
     try:
-        versions = client.search_model_versions(f"name = '{name}'")
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    matches = [
-        v
-        for v in versions
-        if v.tags.get(ROUTERS_HASH_TAG) == routers_hash
-        and (knob is None or float(v.tags.get(KNOB_TAG, 0.0)) == knob)  # untagged versions serve at 0
-    ]
+    matches = [v for v in versions if v.tags.get(ROUTERS_HASH_TAG) == routers_hash]
     return min(matches, key=lambda v: int(v.version)) if matches else None
 
 
@@ -126,54 +155,71 @@ def register_routers(
     name: str,
     routers_hash: str,
     model_params: dict,
-    serving: Serving = Serving(),
+    knob: float,
+    chat_template: bool,
     alias: str = "candidate",
-    tags: dict | None = None,
 ):
-    """Log the router set as a pyfunc serving as `serving` says and register it as a version of `name` with
-    `alias`; a router set already registered at that knob (same content hash) is not registered again. Returns
-    (version, newly_registered)."""
+    """Log the router folder as a pyfunc and register it as a version of `name` with `alias`; a folder with
+    the same content hash is registered once, also when several processes register it at once. `knob` and
+    `chat_template` are the folder's routing (the served defaults). Returns (version, newly_registered)."""
     mlflow = configure()
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    existing = find_version(name, routers_hash, serving.knob)
-    if existing is None:
-        model_file = Path(__file__).with_name("mlflow_model.py")
-        with mlflow.start_run(run_name=f"register-{name}", tags={"drllm.stage": "register", **(tags or {})}):
-            info = mlflow.pyfunc.log_model(
-                name="routed_llm",
-                python_model=str(model_file),
-                artifacts={"routers": str(folder)},
-                model_config={"model": model_params, **asdict(serving)},
-                code_paths=[str(model_file.parent)],
-                signature=_signature(serving),
-                pip_requirements=_requirements(),
-                registered_model_name=name,
-            )
-        version = client.get_model_version(name, info.registered_model_version)
-        client.set_model_version_tag(name, version.version, ROUTERS_HASH_TAG, routers_hash)
-        client.set_model_version_tag(name, version.version, KNOB_TAG, str(serving.knob))
-        version, newly = client.get_model_version(name, version.version), True  # with its tags
-    else:
-        version, newly = existing, False
-    client.set_registered_model_alias(name, alias, version.version)
-    return version, newly
+    with _lock(f"register-{name}"):
+        existing = find_version(name, routers_hash)
+        if existing is None:
+            model_file = Path(__file__).with_name("mlflow_model.py")
+            with mlflow.start_run(
+                run_name=f"register-{name}", tags={"drllm.stage": "register", ROUTERS_HASH_TAG: routers_hash}
+            ):
+                info = mlflow.pyfunc.log_model(
+                    name="routed_llm",
+                    python_model=str(model_file),
+                    artifacts={"routers": str(folder)},
+                    model_config={"model": model_params, "routers_hash": routers_hash},
+                    code_paths=[str(model_file.parent)],
+                    signature=_signature(knob, chat_template),
+                    pip_requirements=_requirements(),
+                    registered_model_name=name,
+                )
+            version = info.registered_model_version
+            client.set_model_version_tag(name, version, ROUTERS_HASH_TAG, routers_hash)
+            client.set_model_version_tag(name, version, KNOB_TAG, str(knob))
+            found, newly = client.get_model_version(name, version), True  # with its tags
+        else:
+            found, newly = existing, False
+        client.set_registered_model_alias(name, alias, found.version)
+    return found, newly
 
 
-def _signature(serving: Serving):
-    """Prompts in; text, path and blocks out; generation options as inference-time params. MLflow fills in a
-    param's default when a prediction leaves it out, so the defaults must be the version's own."""
-    import pandas as pd
-    from mlflow.models import infer_signature
+def _signature(knob: float, chat_template: bool):
+    """Prompts (and optional choices) in; text, choice, scores, path and blocks out; generation options as
+    inference-time params. MLflow fills in a param's default when a prediction leaves it out, so the
+    defaults must be the version's own."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
-    return infer_signature(
-        pd.DataFrame({"prompt": ["a question"]}),
-        pd.DataFrame(
-            {"text": ["an answer"], "path": [[1.0, 0.0, 2.0]], "blocks": [3.0]}
-        ),  # floats: no int-NaN warning
-        params={"max_new_tokens": 64, "knob": float(serving.knob), "chat_template": serving.chat_template},
+    inputs = Schema(
+        [ColSpec(DataType.string, "prompt"), ColSpec(Array(DataType.string), "choices", required=False)]
     )
+    outputs = Schema(
+        [
+            ColSpec(DataType.string, "text"),
+            ColSpec(DataType.long, "choice"),
+            ColSpec(Array(DataType.double), "scores"),
+            ColSpec(Array(DataType.long), "path"),
+            ColSpec(DataType.long, "blocks"),
+        ]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("max_new_tokens", DataType.long, 64),
+            ParamSpec("knob", DataType.double, float(knob)),
+            ParamSpec("chat_template", DataType.boolean, chat_template),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def _requirements() -> list[str]:

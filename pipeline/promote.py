@@ -1,85 +1,55 @@
 """Promote a router version: move the MLflow alias `champion` to it only if the gates in params.yaml pass.
 
-  python -m pipeline.promote             # the version holding models/routers/mcts at the evaluated knob
+  python -m pipeline.promote             # the version holding models/drllm, the evaluated router folder
   make promote
 
-The gates read metrics/eval.json, which must describe that router set (its content hash is checked) at the
-knob the version serves at:
-in-domain accuracy against vanilla, out-of-domain accuracy drop, and blocks saved per token. The command
-prints the comparison with the current champion and refuses, exit status 1, with the reason when a gate
-fails. The promoted version keeps its evaluation figures as tags, so the next promotion can compare.
+The gates (drllm_core.promotion) read metrics/eval.json, which must describe that router folder (its content
+hash is checked): in-domain accuracy against vanilla, out-of-domain accuracy drop, and blocks saved per
+token. The command prints the comparison with the current champion and refuses, exit status 1, with the
+reason when a gate fails. The promoted version keeps its evaluation figures as tags, so the next promotion
+can compare.
 """
 
 from __future__ import annotations
 
 from drllm_core import io, tracking
 from drllm_core.errors import DrllmError
-from drllm_core.routers import routers_hash
+from drllm_core.promotion import FIGURES, Gates, figures, gate_failures
+from drllm_core.routing import read_router_config, routers_hash
 from pipeline.common import load_params, log, parser, run, section
-
-FIGURES = ("id_accuracy", "id_vanilla_accuracy", "ood_accuracy", "ood_vanilla_accuracy", "blocks_saved")
 
 
 class PromotionRefused(DrllmError):
     pass
 
 
-def figures(evaluation: dict) -> dict:
-    configs = evaluation["configs"]
-    layers = evaluation["num_layers"]
-    return {
-        "id_accuracy": configs["drllm/eval_id"]["accuracy"],
-        "id_vanilla_accuracy": configs["vanilla/eval_id"]["accuracy"],
-        "ood_accuracy": configs["drllm/eval_ood"]["accuracy"],
-        "ood_vanilla_accuracy": configs["vanilla/eval_ood"]["accuracy"],
-        "blocks_saved": layers - configs["drllm/eval_id"]["blocks_per_token"],
-    }
-
-
-def gate_failures(values: dict, gates: dict) -> list[str]:
-    failures = []
-    delta = values["id_accuracy"] - values["id_vanilla_accuracy"]
-    if delta < gates["min_id_accuracy_delta"]:
-        failures.append(
-            f"in-domain accuracy {delta * 100:+.2f} points vs vanilla, below the gate {gates['min_id_accuracy_delta'] * 100:+.2f}"
-        )
-    drop = values["ood_vanilla_accuracy"] - values["ood_accuracy"]
-    if drop > gates["max_ood_drop"]:
-        failures.append(
-            f"out-of-domain accuracy drops {drop * 100:.2f} points, above the gate {gates['max_ood_drop'] * 100:.2f}"
-        )
-    if values["blocks_saved"] < gates["min_blocks_saved"]:
-        failures.append(
-            f"{values['blocks_saved']:.2f} blocks saved per token, below the gate {gates['min_blocks_saved']}"
-        )
-    return failures
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
-    args.add_argument("--routers", default="models/routers/mcts")
+    args.add_argument("--routers", default="models/drllm", help="the evaluated router folder")
     args.add_argument("--metrics", default="metrics/eval.json")
     args.add_argument("--alias", default="champion")
-    args = args.parse_args()
-    gates = section(load_params(args.params), "promote")
-    config = io.read_json(f"{args.routers}/config.json")
-    name = tracking.registered_model_name(config["base_model_name"])
+    return run(_main, args, argv)
+
+
+def _main(args) -> None:
+    gates = Gates.from_params(section(load_params(args.params), "promote"))
+    name = tracking.registered_model_name(read_router_config(args.routers).base_model_name)
     digest = routers_hash(args.routers)
+    evaluation = io.read_json(args.metrics)
+    if evaluation.get("routers_hash") != digest:
+        raise PromotionRefused(
+            f"{args.metrics} evaluated other routers ({evaluation.get('routers_hash')}), not {args.routers} "
+            f"({digest}): run `dvc repro evaluate`"
+        )
     tracking.configure()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    evaluation = io.read_json(args.metrics)
-    if evaluation.get("routers_hash") != digest:
-        raise PromotionRefused(
-            f"{args.metrics} evaluated other routers ({evaluation.get('routers_hash')}), not {digest}: run `dvc repro evaluate`"
-        )
-    knob = float(evaluation["knob"])
-    version = tracking.find_version(name, digest, knob)
+    version = tracking.find_version(name, digest)
     if version is None:
         raise PromotionRefused(
-            f"routers {args.routers} ({digest}) at knob {knob:+g} are not registered in {name}: run `dvc repro register` first"
+            f"routers {args.routers} ({digest}) are not registered in {name}: run `dvc repro register`"
         )
     values = figures(evaluation)
     try:
@@ -109,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    raise SystemExit(main())

@@ -1,73 +1,63 @@
-"""Stage `register`: put the trained routers into the MLflow model registry as a pyfunc, alias `candidate`.
+"""Stage `register`: put the calibrated routers into the MLflow model registry as a pyfunc, alias `candidate`.
 
-The registered model is named after the base model (drllm-<model>). Its model config holds the operating
-point the calibrate stage wrote (metrics/knob.json: knob and skip-run limit) and the default prompt format
-(`tasks.defaults.chat_template`), so the version serves as `evaluate` measured (drllm_core.tracking.Serving).
-A version is keyed by the routers' content hash and the knob, so a router set DVC restores from its run cache
-is registered exactly once, however often this runs. Reads params `model` and `tasks`.
-
-Writes --out (default models/registered.json: name, version, alias, serving settings, store), which git
-ignores: a fresh clone lacks it, so its `dvc repro` registers the routers in its own store even when every
-other output reproduces from dvc.lock.
+The registered model is named after the base model (drllm-<model>), and a version is the router folder:
+its weights, base model and routing (knob, path limits, prompt format), keyed by the folder's content hash,
+so the same folder is registered once however often this runs. Writes --out (default
+models/registered.json: name, version, alias, knob, store), which git ignores: a fresh clone lacks it, so its
+`dvc repro` registers the routers in its own store even when every other output reproduces from dvc.lock.
+Reads params `model` (how the served model loads the base model).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from drllm_core import io, tracking
-from drllm_core.evaluation import operating_point
-from drllm_core.routers import routers_hash
-from drllm_core.tasks.prompts import default_settings
+from drllm_core.models import ModelSpec
+from drllm_core.routers import RouterSet
+from drllm_core.routing import routers_hash
 from pipeline.common import load_params, log, parser, run, section
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
-    args.add_argument("--routers", required=True, help="e.g. models/routers/mcts")
-    args.add_argument("--knob", default="metrics/knob.json", help="the calibrate stage's output")
+    args.add_argument("--routers", default="models/drllm", help="the calibrated routers")
     args.add_argument("--alias", default="candidate")
     args.add_argument("--out", default="models/registered.json", help="the registered version, as a record")
-    args = args.parse_args()
+    return run(_main, args, argv)
+
+
+def _main(args) -> None:
     params = load_params(args.params)
-    config = io.read_json(f"{args.routers}/config.json")
-    name = tracking.registered_model_name(config["base_model_name"])
+    config = RouterSet.read_config(args.routers)
+    name = tracking.registered_model_name(config.base_model_name)
     digest = routers_hash(args.routers)
-    point = operating_point(args.knob, args.routers)
-    serving = tracking.Serving(
-        point.knob, point.max_skip_run, default_settings(params.get("tasks")).chat_template
-    )
+    model = ModelSpec.from_params(section(params, "model"))
+    # the cache as an absolute folder: the served model then finds the converted weights from anywhere
+    model_params = {**section(params, "model"), "cache_dir": str(model.cache_path())}
+    routing = config.routing
+    knob, chat_template = routing.knob or 0.0, routing.prompt_settings().chat_template
     version, newly = tracking.register_routers(
-        args.routers,
-        name,
-        digest,
-        section(params, "model"),
-        serving,
-        args.alias,
-        {"drllm.routers_hash": digest},
+        args.routers, name, digest, model_params, knob, chat_template, args.alias
     )
     record = {
         "name": name,
         "version": version.version,
         "alias": args.alias,
-        **asdict(serving),
+        "knob": config.routing.knob,
         "routers_hash": digest,
         "model_uri": f"models:/{name}/{version.version}",
         "tracking_uri": tracking.tracking_uri(),
     }
     io.write_json(args.out, record)
-    state = "registered" if newly else "already registered"
     log.info(
-        "%s %s version %s (routers %s, knob %+g, skip runs up to %s), alias %s",
-        state,
+        "%s %s version %s (routers %s, knob %+g), alias %s",
+        "registered" if newly else "already registered",
         name,
         version.version,
         digest,
-        point.knob,
-        point.max_skip_run,
+        config.routing.knob or 0.0,
         args.alias,
     )
 
 
 if __name__ == "__main__":
-    run(main)
+    raise SystemExit(main())

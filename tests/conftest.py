@@ -3,9 +3,11 @@ tests, and the real embedded default model for the integration tests."""
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import subprocess
-import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import torch
@@ -27,11 +29,28 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def run_stage(stage: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m pipeline.<stage> <args>` in a fresh process, as DVC runs it; output captured for the exit
-    status and the messages (env None: this process's environment)."""
-    command = [sys.executable, "-m", f"pipeline.{stage}", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=env)
+def run_stage(stage: str, *args) -> subprocess.CompletedProcess:
+    """`pipeline.<stage>.main(args)` in this process, as `python -m pipeline.<stage>` runs it: the exit
+    status and what it printed. An exception other than the user errors it reports propagates: a stage must
+    never end in a traceback."""
+    module = importlib.import_module(f"pipeline.{stage}")
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = module.main([str(a) for a in args])
+    return subprocess.CompletedProcess([stage, *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """Every test logs to a store of its own session, never to the repository's mlflow.db (a test that
+    starts a server points MLFLOW_TRACKING_URI there itself). Session-wide, so that module fixtures that
+    register models also run against it."""
+    if "MLFLOW_TRACKING_URI" in os.environ and not os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp() / 'mlflow.db'}")
+        yield
 
 
 _COMMON = dict(

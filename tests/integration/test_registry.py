@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,7 +16,8 @@ import yaml
 from drllm_core import io, tracking
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
-from drllm_core.routers import RouterConfig, RouterSet, routers_hash
+from drllm_core.routers import RouterSet
+from drllm_core.routing import RouterConfig, routers_hash
 from tests.conftest import run_stage, tiny_loaded
 
 
@@ -93,8 +95,8 @@ def test_registration_over_http_is_keyed_by_hash_and_the_pyfunc_matches_routed_g
     root, model_params, loaded = routers
     folder = str(root / "routers")
     digest = routers_hash(folder)
-    first, new = tracking.register_routers(folder, "drllm-tiny", digest, model_params)
-    again, new_again = tracking.register_routers(folder, "drllm-tiny", digest, model_params)
+    first, new = tracking.register_routers(folder, "drllm-tiny", digest, model_params, 0.0, False)
+    again, new_again = tracking.register_routers(folder, "drllm-tiny", digest, model_params, 0.0, False)
     assert new and not new_again and first.version == again.version
     import mlflow
 
@@ -105,19 +107,55 @@ def test_registration_over_http_is_keyed_by_hash_and_the_pyfunc_matches_routed_g
     local = RoutedModel.from_folder(loaded, folder).generate(prompts, max_new_tokens=6)
     assert list(served["text"]) == [a.text for a in local]
     assert [list(p) for p in served["path"]] == [list(a.path) for a in local]
-    # the same routers at another knob are another version, which serves at that knob by default
-    serving = tracking.Serving(knob=-0.6, max_skip_run=1)
-    skipping, new = tracking.register_routers(folder, "drllm-tiny", digest, model_params, serving)
+    # the same routers calibrated to another knob are another folder, so another version serving at that knob
+    RouterSet.load(folder).with_knob(-0.6).save(root / "calibrated")
+    calibrated = str(root / "calibrated")
+    skipping, new = tracking.register_routers(
+        calibrated, "drllm-tiny", routers_hash(calibrated), model_params, -0.6, False
+    )
     assert new and skipping.version != first.version and skipping.tags["drllm.knob"] == "-0.6"
-    assert tracking.find_version("drllm-tiny", digest, -0.6).version == skipping.version
+    assert tracking.find_version("drllm-tiny", routers_hash(calibrated)).version == skipping.version
     served = mlflow.pyfunc.load_model(f"models:/drllm-tiny/{skipping.version}").predict(
         pd.DataFrame({"prompt": prompts}), params={"max_new_tokens": 6}
     )
-    local = RoutedModel.from_folder(loaded, folder, knob=-0.6, max_skip_run=1).generate(
-        prompts, max_new_tokens=6
-    )
+    local = RoutedModel.from_folder(loaded, calibrated).generate(prompts, max_new_tokens=6)
     assert [list(p) for p in served["path"]] == [list(a.path) for a in local]
     assert sum(map(sum, served["path"])) < 2 * 6  # knob -0.6 skips: the served paths are not the default
+
+
+_REGISTER = """
+import sys
+from drllm_core import tracking
+from drllm_core.routing import routers_hash
+folder, params = sys.argv[1], {"spec": sys.argv[2], "dtype": "float32"}
+version, new = tracking.register_routers(folder, "drllm-race", routers_hash(folder), params, 0.0, False)
+print(version.version)
+"""
+
+
+def test_concurrent_first_runs_on_a_fresh_store_all_land_and_register_once(tmp_path, routers):
+    root, model_params, _ = routers
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    log_run = "from drllm_core import tracking\ntracking.log_stage('race', {}, {'x': 1.0})"
+    starters = [
+        subprocess.Popen([sys.executable, "-c", log_run], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    assert [p.wait() for p in starters] == [0, 0, 0], [p.stderr.read() for p in starters]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    assert len(client.search_runs([experiment.experiment_id])) == 3
+    command = [sys.executable, "-c", _REGISTER, str(root / "routers"), model_params["spec"]]
+    racers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate() for p in racers]
+    assert [p.returncode for p in racers] == [0, 0], outputs
+    assert {out.strip() for out, _ in outputs} == {"1"}
+    assert len(client.search_model_versions("name = 'drllm-race'")) == 1
 
 
 def _promote(root, metrics, gates):
@@ -132,7 +170,7 @@ def _promote(root, metrics, gates):
 def test_promotion_gates(server, routers):
     root, model_params, _ = routers
     digest = routers_hash(root / "routers")
-    tracking.register_routers(str(root / "routers"), "drllm-tiny", digest, model_params)
+    tracking.register_routers(str(root / "routers"), "drllm-tiny", digest, model_params, 0.0, False)
     gates = {"min_id_accuracy_delta": -0.02, "max_ood_drop": 0.03, "min_blocks_saved": 1.0}
 
     def metrics(id_accuracy, blocks):
@@ -159,6 +197,35 @@ def test_promotion_gates(server, routers):
     assert champion.tags["drllm.blocks_saved"] == "1.5000"
     stale = _promote(root, {**metrics(0.51, 4.5), "routers_hash": "other"}, gates)
     assert stale.returncode == 1 and "evaluated other routers" in stale.stderr
-    unregistered_knob = _promote(root, {**metrics(0.51, 4.5), "knob": 0.3}, gates)
-    assert unregistered_knob.returncode == 1 and "at knob +0.3 are not registered" in unregistered_knob.stderr
+    RouterSet.load(root / "routers").with_knob(0.3).save(root / "unregistered")
+    io.write_json(
+        root / "eval.json", {**metrics(0.51, 4.5), "routers_hash": routers_hash(root / "unregistered")}
+    )
+    unregistered = run_stage(
+        "promote",
+        "--params",
+        root / "params.yaml",
+        "--routers",
+        root / "unregistered",
+        "--metrics",
+        root / "eval.json",
+    )
+    assert unregistered.returncode == 1 and "are not registered in drllm-tiny" in unregistered.stderr
     assert json.loads((root / "routers" / "config.json").read_text())["base_model_name"] == "tiny"
+
+
+def test_a_version_whose_routers_were_changed_after_registration_is_refused(server, routers, tmp_path):
+    root, model_params, _ = routers
+    folder = str(root / "routers")
+    version, _ = tracking.register_routers(
+        folder, "drllm-tiny", routers_hash(folder), model_params, 0.0, False
+    )
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/drllm-tiny/{version.version}", dst_path=str(tmp_path)
+    )
+    config = next(Path(local).rglob("routers/config.json"))
+    config.write_text(config.read_text().replace('"windows": 4', '"windows": 3'))
+    with pytest.raises(Exception, match="hash to .*, not to .* as registered"):
+        mlflow.pyfunc.load_model(local)
