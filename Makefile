@@ -60,22 +60,21 @@ ui: setup
 
 # Queue the ablations as DVC experiments and run the queue (`dvc exp show` compares them; MLflow has the runs).
 ablations: setup
-	@dvc exp run --queue -n correct-reward -S search.reward=correct -S search.margin=0
-	@dvc exp run --queue -n margin-0.5 -S search.margin=0.5
-	@dvc exp run --queue -n paper-early-stop -S search.early_stop=true
-	@dvc exp run --queue -n simulations-50 -S search.simulations=50
+	@dvc exp run --queue -n decision-depth-0.3 -S search.decision_depth=0.3
+	@dvc exp run --queue -n candidates-8 -S train.candidates=8
+	@dvc exp run --queue -n max-skips-1 -S train.max_skips=1
 	@dvc exp run --queue -n windows-16 -S train.windows=16
-	@dvc exp run --queue -n knob-minus-0.2 -S calibrate.knob=-0.2
+	@dvc exp run --queue -n knob-0 -S calibrate.knob=0.0
 	@dvc queue start --jobs 1
-	@echo "queued; follow with: dvc queue status, dvc exp show"
+	@echo "queued; follow with: dvc queue status, dvc exp show --md -A metrics/headline.json"
 
-# Every benchmark (search, train, label_rules and inference need the pipeline's outputs: run `make repro` first).
+# Every benchmark (search, train, label_sources and inference need the pipeline's outputs: run `make repro` first).
 bench: setup
 	@python -m benchmarks.engine
 	@python -m benchmarks.tasks
 	@python -m benchmarks.search
 	@python -m benchmarks.train
-	@python -m benchmarks.label_rules
+	@python -m benchmarks.label_sources
 	@python -m benchmarks.inference
 
 clean:

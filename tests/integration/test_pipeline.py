@@ -1,7 +1,8 @@
 """The whole pipeline end to end with `dvc repro`, on a copy of the repository, with a tiny random model and
 small sets: every stage runs for real (search, GX validation, training, MLflow registry, evaluation, report).
-Then: a second `dvc repro` does nothing, a search parameter invalidates only search and what follows,
-`dvc exp run -S` works, and the HTML report renders in headless Chromium with numbers equal to the metrics."""
+Then: a second `dvc repro` does nothing, a runtime param reruns nothing, a search param invalidates only the
+search and what follows, `dvc exp run -S` reruns only what the param changes, and the HTML report renders in
+headless Chromium with numbers equal to the metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from drllm_core.report import summary_markdown
 from tests.conftest import tiny_loaded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +47,13 @@ def small_params(model_folder: Path) -> dict:
         ],
         "shots": [],
     }
-    params["search"].update({"max_examples": 36, "simulations": 12, "threads": 1})
+    params["search"].update({"strategies": ["singles", "mcts"], "max_examples": 36, "simulations": 12})
+    params["train"]["routers"] = {  # both router kinds: skip costs (served) and the paper's path classes
+        "costs": {"labels": "singles", "shuffle": False},
+        "mcts": {"labels": "mcts", "shuffle": False},
+        "shuffled": {"labels": "singles", "shuffle": True},
+    }
+    params["runtime"]["threads"] = 1
     params["validate"].update(
         {
             "min_examples": 5,
@@ -54,7 +62,13 @@ def small_params(model_folder: Path) -> dict:
     )
     params["train"].update({"epochs": 3, "bottleneck": 16})
     params["evaluate"].update(
-        {"knob_sweep": [-0.5], "static_examples": 6, "speed_prompts": 1, "speed_tokens": 4}
+        {
+            "knob_sweep": [-0.5],
+            "other_routers": ["mcts", "shuffled"],
+            "static_examples": 6,
+            "speed_prompts": 1,
+            "speed_tokens": 4,
+        }
     )
     return params
 
@@ -71,6 +85,7 @@ def pipeline(tmp_path_factory):
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
     tiny = tiny_loaded("llama")
+    tiny.model.config.max_position_embeddings = 2048  # byte tokens: chat-formatted ARC runs past 512
     tiny.model.save_pretrained(root / "model")
     tiny.tokenizer.save_pretrained(root / "model")
     (work / "params.yaml").write_text(yaml.safe_dump(small_params(root / "model"), sort_keys=False))
@@ -96,8 +111,8 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
     for stage in (
         "prepare",
         "search@mcts",
-        "validate@chain",
-        "features@random",
+        "validate@singles",
+        "features@singles",
         "train@shuffled",
         "calibrate",
         "register",
@@ -110,17 +125,30 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "vanilla/eval_id",
         "drllm/eval_id",
         "drllm/eval_ood",
-        "shortgpt_bi/eval_id",
-        "best_static/eval_id",
+        "shortgpt_bi_1/eval_id",
+        "best_static_1/eval_id",
+        "faithful_static_1/eval_id",
         "random_skip/eval_id",
         "routers_shuffled/eval_id",
         "drllm_knob_-0.5/eval_id",
     } <= set(evaluation["configs"])
+    headline = json.loads((work / "metrics/headline.json").read_text())
+    assert headline["vanilla_id_acc"] == pytest.approx(
+        100 * evaluation["configs"]["vanilla/eval_id"]["accuracy"]
+    )
     assert (work / "reports/report.html").is_file() and (work / "reports/figures/pareto.png").is_file()
-    provenance = json.loads((work / "models/routers/mcts/config.json").read_text())["provenance"]
-    assert not [k for k in provenance["search"] if k.endswith("seconds")]  # the routers' hash ignores timings
-    calibrated = json.loads((work / "metrics/knob.json").read_text())
-    assert len(calibrated["calibration"]) == 9 and evaluation["knob"] == calibrated["knob"]
+    stats = json.loads((work / "data/paths/singles/stats.json").read_text())
+    assert not [k for k in stats if "seconds" in k]  # results only: a rerun at another speed changes nothing
+    assert json.loads((work / "metrics/timings/search-singles.json").read_text())["wall_seconds"] > 0
+    calibrated = json.loads((work / "metrics/calibration.json").read_text())
+    grid = yaml.safe_load((work / "params.yaml").read_text())["calibrate"]["grid"]
+    assert len(calibrated["calibration"]) == len(grid) and evaluation["knob"] == calibrated["knob"]
+    routing = json.loads((work / "models/drllm/config.json").read_text())["routing"]
+    assert (
+        routing["knob"] == calibrated["knob"]
+        and routing["max_skip_run"] == 2
+        and "defaults" in routing["tasks"]
+    )
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
@@ -134,27 +162,34 @@ def test_second_repro_does_nothing_and_a_search_param_reruns_only_downstream(pip
     again = _sh(["dvc", "repro"], work, env)
     assert "Running stage" not in again.stdout
     params = yaml.safe_load((work / "params.yaml").read_text())
+    params["runtime"].update({"threads": 2, "batch_size": 3, "search_backend": "ray", "prefix_cache_mb": 64})
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert (
+        json.loads(_sh(["dvc", "status", "--json"], work, env).stdout) == {}
+    )  # runtime params rerun nothing
+    params = yaml.safe_load((work / "params.yaml").read_text())
     params["search"]["exploration"] = 1.0
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = _sh(["dvc", "status", "--json"], work, env).stdout
     changed = set(json.loads(status))
-    assert "prepare" not in changed and {"search@mcts", "search@chain", "search@random"} <= changed
+    assert "prepare" not in changed and {"search@mcts", "search@singles"} <= changed
     _sh(["git", "checkout", "params.yaml"], work, env)
 
 
-def test_dvc_exp_run_with_a_set_param(pipeline):
+def test_dvc_exp_run_with_a_set_param_reruns_only_what_it_changes(pipeline):
     work, env, _ = pipeline
-    done = _sh(["dvc", "exp", "run", "-S", "train.epochs=2"], work, env)
-    assert "Running stage 'train@mcts'" in done.stdout and "Running stage 'search@mcts'" not in done.stdout
+    done = _sh(["dvc", "exp", "run", "-S", "validate.min_examples=4"], work, env)
+    ran = {line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"validate@mcts", "validate@singles"}  # the labels pass as before: features is not rerun
     shown = _sh(["dvc", "exp", "show", "--json"], work, env).stdout
-    assert "train.epochs" in shown or '"epochs": 2' in shown
+    assert "validate.min_examples" in shown or '"min_examples": 4' in shown
 
 
 def test_report_renders_in_headless_chromium_with_the_evaluate_metrics(pipeline):
     work, _, _ = pipeline
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("Debian's chromium is not installed: `make test` installs it (scripts/system-deps.sh)")
+        pytest.fail("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     evaluation = json.loads((work / "metrics/eval.json").read_text())
@@ -175,7 +210,7 @@ def test_report_renders_in_headless_chromium_with_the_evaluate_metrics(pipeline)
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto((work / "reports/report.html").as_uri())
         page.wait_for_load_state("load")
-        for name in ("pareto", "routing", "labels", "confusion"):
+        for name in ("pareto", "routing", "labels"):  # served cost routers: no confusion matrix
             loaded = page.evaluate(
                 f"() => {{ const i = document.getElementById('figure-{name}'); return !!i && i.complete && i.naturalWidth > 0; }}"
             )
@@ -184,6 +219,7 @@ def test_report_renders_in_headless_chromium_with_the_evaluate_metrics(pipeline)
             tr => Object.fromEntries([...tr.querySelectorAll('td')].map(td => [td.dataset.col, td.textContent])))""")
         browser.close()
     assert not errors, errors
+    assert (work / "reports/summary.md").read_text() == summary_markdown(evaluation)
     shown = {f"{r['configuration']}/{r['set']}": r for r in rows}
     for key, values in evaluation["configs"].items():
         for column in ("accuracy", "ci_low", "ci_high", "blocks_per_token"):

@@ -1,0 +1,60 @@
+"""The documentation states only what the pipeline wrote: the README's results block is the report stage's
+summary of the committed metrics, every relative link resolves, every `make` target it names exists, and the
+README stays a front door (at most 250 lines)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from drllm_core.report import summary_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _sync_readme():
+    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts" / "sync_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_results_are_the_report_summary_of_the_committed_metrics():
+    summary = (ROOT / "reports" / "summary.md").read_text()
+    assert summary == summary_markdown(json.loads((ROOT / "metrics" / "eval.json").read_text()))
+    readme = (ROOT / "README.md").read_text()
+    assert _sync_readme().with_summary(readme, summary) == readme, "run: python scripts/sync_readme.py"
+
+
+def test_sync_readme_refuses_a_readme_without_markers():
+    with pytest.raises(ValueError, match="no <!-- summary:begin"):
+        _sync_readme().with_summary("# a readme\n", "| table |\n")
+
+
+def test_the_readme_is_a_front_door():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_relative_link_resolves(doc):
+    targets = re.findall(r"\]\(([^)\s]+)\)", doc.read_text())
+    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
+    missing = [t for t in local if t and not (doc.parent / t).exists()]
+    assert not missing, f"{doc.name} links to missing files: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_make_target_and_module_named_exists(doc):
+    text = doc.read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, flags=re.M))
+    named = set(re.findall(r"(?:^|`)make ([a-z][a-z-]*)", text, flags=re.M))  # commands, not prose
+    assert named <= targets, f"{doc.name} names make targets that do not exist: {named - targets}"
+    modules = set(re.findall(r"python -m ((?:pipeline|benchmarks)\.[a-z_]+)", text))
+    absent = [m for m in modules if not (ROOT / (m.replace(".", "/") + ".py")).is_file()]
+    assert not absent, f"{doc.name} runs modules that do not exist: {absent}"
