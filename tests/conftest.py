@@ -124,3 +124,28 @@ def default_model():
     from drllm_core.models import ModelSpec, load_model
 
     return load_model(ModelSpec(cache_dir=os.environ.get("DRLLM_MODEL_CACHE", "models/base")))
+
+
+def tiny_cost_routers(loaded: LoadedModel, bias: list[float], routing=None):
+    """A cost router for tiny_loaded's 6 layers: decides at layer 2 among layers 3-5, predicting `bias` as
+    each candidate's log cost for every input (its weights start at zero), on the knob scale [-4, 2]."""
+    from drllm_core.models import weights_fingerprint
+    from drllm_core.routers import RouterSet
+    from drllm_core.routing import RouterConfig, Routing
+
+    config = RouterConfig(
+        6,
+        64,
+        windows=4,
+        kind="costs",
+        decision_layer=2,
+        candidates=[3, 4, 5],
+        rank=2,
+        base_fingerprint=weights_fingerprint(loaded.model),
+        routing=routing or Routing(),
+    )
+    routers = RouterSet(config)
+    with torch.no_grad():
+        routers.cost.bias.copy_(torch.tensor(bias))
+        routers.cost.quantiles.copy_(torch.linspace(-4, 2, 101))
+    return routers

@@ -28,7 +28,7 @@ from drllm_core.routing import RouterConfig, Routing, read_router_config, router
 from drllm_core.stats import paired_comparison, wilson_interval
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scorer import ExampleScorer
-from tests.conftest import run_stage, tiny_loaded
+from tests.conftest import run_stage, tiny_cost_routers, tiny_loaded
 
 EXAMPLES = [
     Example(f"t/{i}", "t", f"Which word comes {i} times?", ["one", "two", "three"], i % 3) for i in range(6)
@@ -128,22 +128,10 @@ def test_knob_calibration_scores_every_grid_value(tmp_path):
 def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_each_alone(tmp_path):
     loaded = tiny_loaded()
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
-    config = RouterConfig(
-        6,
-        64,
-        windows=4,
-        kind="costs",
-        decision_layer=2,
-        candidates=[3, 4, 5],
-        rank=2,
-        base_fingerprint=weights_fingerprint(loaded.model),
-    )
-    routers = RouterSet(config)
+    routers = tiny_cost_routers(loaded, [0.0, -1.0, -3.0])
     with torch.no_grad():
-        routers.cost.bias.copy_(torch.tensor([0.0, -1.0, -3.0]))
         routers.cost.weight.normal_()
         routers.cost.projection.normal_()
-        routers.cost.quantiles.copy_(torch.linspace(-4, 2, 101))
     routers.save(tmp_path / "costs")
     configs = [
         Configuration.static("vanilla", ["eval_id"], LayerPath.default(6)),

@@ -31,7 +31,7 @@ from drllm_core.training import (
     train_cost_router,
     train_routers,
 )
-from tests.conftest import _COMMON, tiny_loaded, tiny_model
+from tests.conftest import _COMMON, tiny_cost_routers, tiny_loaded, tiny_model
 
 
 def test_pooling_uses_min_windows_tokens_and_drops_trailing_ones():
@@ -387,21 +387,7 @@ def test_cost_decisions_skip_the_cheapest_candidates_below_the_threshold():
 
 def test_routed_generation_with_a_cost_router_skips_its_planned_layers(tmp_path):
     loaded = tiny_loaded()
-    config = RouterConfig(
-        6,
-        64,
-        windows=4,
-        kind="costs",
-        decision_layer=2,
-        candidates=[3, 4, 5],
-        rank=2,
-        base_fingerprint=weights_fingerprint(loaded.model),
-        routing=Routing(max_skips=1),
-    )
-    routers = RouterSet(config)
-    with torch.no_grad():  # layer 5 is predicted cheapest for every input
-        routers.cost.bias.copy_(torch.tensor([0.0, 1.0, -3.0]))
-        routers.cost.quantiles.copy_(torch.linspace(-4, 2, 101))
+    routers = tiny_cost_routers(loaded, [0.0, 1.0, -3.0], Routing(max_skips=1))  # layer 5 cheapest
     routers.save(tmp_path / "r")
     loaded_routers = RouterSet.load(tmp_path / "r", loaded.model)
     assert torch.equal(loaded_routers.cost.bias, routers.cost.bias)
