@@ -66,7 +66,7 @@ ablations: setup
 	@dvc exp run --queue -n windows-16 -S train.windows=16
 	@dvc exp run --queue -n knob-0 -S calibrate.knob=0.0
 	@dvc queue start --jobs 1
-	@echo "queued; follow with: dvc queue status, dvc exp show --md -A metrics/headline.json"
+	@echo "queued; follow with: dvc queue status, dvc exp show (docs/experiments.md)"
 
 # Every benchmark (search, train, label_sources and inference need the pipeline's outputs: run `make repro` first).
 bench: setup
