@@ -299,8 +299,9 @@ def summary_markdown(evaluation: dict) -> str:
         )
     lines += [
         "",
-        "| Dr.LLM versus | set | accuracy, points [paired 95% CI] | McNemar p | agreement, points | verdict |",
-        "|---|---|---|---|---|---|",
+        "| Dr.LLM versus | set | accuracy, points [paired 95% CI] | McNemar p | verdict "
+        "| agreement with vanilla, points [paired 95% CI] | McNemar p |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in evaluation["comparisons"]:
         if c["config"] != "drllm" or c["reference"] == "vanilla":
@@ -308,7 +309,8 @@ def summary_markdown(evaluation: dict) -> str:
         verdict = ("better" if c["difference"] > 0 else "worse") if c["significant"] else "within noise"
         lines.append(
             f"| {c['reference']} | {c['set']} | {100 * c['difference']:+.1f} {interval(c['ci_low'], c['ci_high'])} "
-            f"| {c['mcnemar_p']:.3f} | {100 * c['agreement_difference']:+.1f} | {verdict} |"
+            f"| {c['mcnemar_p']:.3f} | {verdict} | {100 * c['agreement_difference']:+.1f} "
+            f"{interval(c['agreement_ci_low'], c['agreement_ci_high'])} | {c['agreement_mcnemar_p']:.3f} |"
         )
     return "\n".join([headline(evaluation), "", *lines]) + "\n"
 

@@ -335,6 +335,9 @@ def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_pair
                 "set": "eval_id",
                 **paired,
                 "agreement_difference": -0.1,
+                "agreement_ci_low": -0.2,
+                "agreement_ci_high": 0.0,
+                "agreement_mcnemar_p": 0.04,
             },
             {
                 "config": "drllm",
@@ -342,6 +345,9 @@ def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_pair
                 "set": "eval_id",
                 **paired,
                 "agreement_difference": 0.05,
+                "agreement_ci_low": -0.05,
+                "agreement_ci_high": 0.15,
+                "agreement_mcnemar_p": 0.3,
             },
         ],
     }
@@ -349,4 +355,7 @@ def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_pair
     assert "| vanilla | eval_id | 10 | 50.0 [20.0, 80.0] | 90.0 | 1.00 | – |" in summary
     assert "| drllm | eval_id | 10 | 50.0 [20.0, 80.0] | 90.0 | 1.00 | -10.0 [-30.0, +10.0] |" in summary
     assert "best_static_2 | eval_id" in summary and "best_static_1" not in summary
-    assert "| best_static_2 | eval_id | -10.0 [-30.0, +10.0] | 0.500 | +5.0 | within noise |" in summary
+    assert (
+        "| best_static_2 | eval_id | -10.0 [-30.0, +10.0] | 0.500 | within noise | +5.0 [-5.0, +15.0] | 0.300 |"
+        in summary
+    )
