@@ -37,7 +37,7 @@ def figures(evaluation: dict) -> dict:
         "ood_accuracy": configs["drllm/eval_ood"]["accuracy"],
         "ood_vanilla_accuracy": configs["vanilla/eval_ood"]["accuracy"],
         "blocks_saved": evaluation["num_layers"] - configs["drllm/eval_id"]["blocks_per_token"],
-        "generation_identical": evaluation.get("generation", {}).get("open", {}).get("identical_share", 0.0),
+        "generation_identical": evaluation.get("generation", {}).get("open", {}).get("identical_share"),
     }
 
 
@@ -57,5 +57,13 @@ def gate_failures(values: dict, gates: Gates) -> list[str]:
     if values["blocks_saved"] < gates.min_blocks_saved:
         failures.append(
             f"{values['blocks_saved']:.2f} blocks saved per token, below the gate {gates.min_blocks_saved}"
+        )
+    identical = values["generation_identical"]
+    if identical is None:
+        failures.append("the metrics hold no generation check (rerun evaluate: dvc repro evaluate)")
+    elif identical < gates.min_generation_identical:
+        failures.append(
+            f"{identical * 100:.1f}% of open answers generated as vanilla's, below the gate "
+            f"{gates.min_generation_identical * 100:.1f}%"
         )
     return failures

@@ -4,8 +4,8 @@
   make promote
 
 The gates (drllm_core.promotion) read metrics/eval.json, which must describe that router folder (its content
-hash is checked): in-domain accuracy against vanilla, out-of-domain accuracy drop, and blocks saved per
-token. The command prints the comparison with the current champion and refuses, exit status 1, with the
+hash is checked): in-domain accuracy against vanilla, out-of-domain accuracy drop, blocks saved per token,
+and the share of open in-domain answers generated exactly as vanilla's. The command prints the comparison with the current champion and refuses, exit status 1, with the
 reason when a gate fails. The promoted version keeps its evaluation figures as tags, so the next promotion
 can compare.
 """
@@ -61,7 +61,8 @@ def _main(args) -> None:
     )
     for key in FIGURES:
         current = champion.tags.get(f"drllm.{key}", "-") if champion else "-"
-        print(f"  {key:22s} candidate {values[key]:.4f}   {args.alias} {current}")
+        shown = "-" if values[key] is None else f"{values[key]:.4f}"
+        print(f"  {key:22s} candidate {shown}   {args.alias} {current}")
     failures = gate_failures(values, gates)
     if failures:
         raise PromotionRefused(f"version {version.version} not promoted: " + "; ".join(failures))

@@ -171,10 +171,16 @@ def test_promotion_gates(server, routers):
     root, model_params, _ = routers
     digest = routers_hash(root / "routers")
     tracking.register_routers(str(root / "routers"), "drllm-tiny", digest, model_params, 0.0, False)
-    gates = {"min_id_accuracy_delta": -0.02, "max_ood_drop": 0.03, "min_blocks_saved": 1.0}
+    gates = {
+        "min_id_accuracy_delta": -0.02,
+        "max_ood_drop": 0.03,
+        "min_blocks_saved": 1.0,
+        "min_generation_identical": 0.2,
+    }
 
-    def metrics(id_accuracy, blocks):
+    def metrics(id_accuracy, blocks, identical=0.5):
         return {
+            "generation": {"open": {"identical_share": identical}},
             "num_layers": 6,
             "routers_hash": digest,
             "knob": 0.0,
@@ -188,6 +194,8 @@ def test_promotion_gates(server, routers):
 
     refused = _promote(root, metrics(0.40, 4.5), gates)
     assert refused.returncode == 1 and "in-domain accuracy -10.00 points" in refused.stderr
+    diverging = _promote(root, metrics(0.51, 4.5, identical=0.1), gates)
+    assert diverging.returncode == 1 and "10.0% of open answers generated as vanilla's" in diverging.stderr
     promoted = _promote(root, metrics(0.51, 4.5), gates)
     assert promoted.returncode == 0, promoted.stderr
     assert "candidate version" in promoted.stdout
