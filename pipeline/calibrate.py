@@ -1,4 +1,5 @@
-"""Stage `calibrate`: the routing knob of the MCTS routers, chosen on held-out search questions.
+"""Stage `calibrate`: the routing knob of the served routers (`calibrate.routers`), chosen on held-out
+search questions.
 
 With `calibrate.knob: auto` the routers route `examples` search questions the search did not use (never a
 test set) at every knob of `grid`, and the knob that skips least while saving at least `min_blocks_saved`
@@ -33,7 +34,7 @@ from pipeline.common import load_params, log, parser, run, section
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
-    args.add_argument("--routers", default="models/routers/mcts", help="the trained routers")
+    args.add_argument("--routers", default=None, help="the trained routers (default: calibrate.routers)")
     args.add_argument("--prepared", default="data/prepared")
     args.add_argument("--out", default="models/drllm", help="the calibrated routers")
     args.add_argument("--metrics", default="metrics/calibration.json")
@@ -44,6 +45,7 @@ def _main(args) -> None:
     params = load_params(args.params)
     settings = CalibrateSettings.from_params(section(params, "calibrate"))
     search = section(params, "search")
+    args.routers = args.routers or f"models/routers/{settings.routers}"
     tracking.configure()
     routers = RouterSet.load(args.routers)
     table, held_out = [], []

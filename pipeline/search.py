@@ -32,7 +32,9 @@ from pipeline.common import load_params, log, parser, run, section
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__)
     args.add_argument(
-        "--strategy", default=None, help="mcts | chain | random (default: the first of search.strategies)"
+        "--strategy",
+        default=None,
+        help="singles | mcts | chain | random (default: the first of search.strategies)",
     )
     args.add_argument("--prepared", default="data/prepared")
     args.add_argument("--out", default=None, help="default: data/paths/<strategy>")
