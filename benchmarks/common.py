@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,7 @@ def _fmt(value) -> str:
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     payload = {
+        "commit": _commit(),
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -71,3 +73,15 @@ def write_json(name: str, payload: dict) -> Path:
     path = io.write_json(RESULTS / f"{name}.json", payload)
     print(f"\nwrote {path}")
     return path
+
+
+def _commit() -> str | None:
+    """The checked-out commit, with `+dirty` when tracked files differ from it (None outside git)."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if git("diff", "--quiet", "HEAD").returncode else "")
