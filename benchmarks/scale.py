@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from benchmarks.common import interleaved_samples, print_table, write_json
+from benchmarks.common import TimedRouting, interleaved_samples, medians, print_table, write_json
 from benchmarks.inference import ideal_saving, share_of_ideal
 from drllm_core.engine import PathEngine
 from drllm_core.inference import RoutedModel, rows_by_path
@@ -120,26 +120,6 @@ def forced_paths(layers: int, batch: int, share: float, seed: int = 0) -> Tensor
     return counts
 
 
-class ForcedRouting:
-    """The routers' decider for a batch, run in full at every layer, with its decisions replaced by fixed
-    counts; it adds up the seconds spent in the routers."""
-
-    def __init__(self, routed: RoutedModel, mask: Tensor, counts: Tensor):
-        self.routed, self.mask, self.counts = routed, mask, counts
-        self.seconds = 0.0
-
-    def decider(self):
-        inner = self.routed.decider(self.mask)
-
-        def decide(layer: int, hidden: Tensor) -> Tensor:
-            start = time.perf_counter()
-            inner(layer, hidden)
-            self.seconds += time.perf_counter() - start
-            return self.counts[:, layer]
-
-        return decide
-
-
 def random_prompts(vocab: int, batch: int, length: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch, length), generator=generator)
@@ -153,13 +133,13 @@ def router_overhead(routed: RoutedModel, batch: int, length: int, repeats: int) 
     its forward is the benchmark's longest step, and the routers' share falls with the tokens."""
     engine = routed.engine
     ids, mask = random_prompts(engine.config.vocab_size, batch, length)
-    forced = ForcedRouting(routed, mask.bool(), engine.default_paths(batch))
+    timed = TimedRouting(routed, mask.bool(), engine.default_paths(batch))
     inside: list[float] = []
 
     def routed_prefill():
-        forced.seconds = 0.0
-        engine.generate(ids, None, mask, 1, decide=forced.decider())
-        inside.append(forced.seconds)
+        timed.seconds = 0.0
+        engine.generate(ids, None, mask, 1, decide=timed.decider())
+        inside.append(timed.seconds)
 
     long = batch * length > 2000
     variants = (
@@ -171,7 +151,7 @@ def router_overhead(routed: RoutedModel, batch: int, length: int, repeats: int) 
         }
     )
     samples = interleaved_samples(variants, 1 if long else repeats, warmup=0)
-    times = _medians(samples)
+    times = medians(samples)
     shares = [r / p for r, p in zip(inside, samples["routed"], strict=True)]
     return {
         "batch": batch,
@@ -187,18 +167,18 @@ def prefill_saving(routed: RoutedModel, batch: int, length: int, share: float, r
     engine, layers = routed.engine, routed.engine.num_layers
     ids, mask = random_prompts(engine.config.vocab_size, batch, length)
     counts = forced_paths(layers, batch, share)
-    forced = ForcedRouting(routed, mask.bool(), counts)
+    timed = TimedRouting(routed, mask.bool(), counts)
     none = torch.zeros(batch, layers, dtype=torch.long)
     samples = interleaved_samples(
         {
             "vanilla": lambda: engine.generate(ids, None, mask, 1),
-            "routed": lambda: engine.generate(ids, None, mask, 1, decide=forced.decider()),
+            "routed": lambda: engine.generate(ids, None, mask, 1, decide=timed.decider()),
             "no_blocks": lambda: engine.generate(ids, none, mask, 1),
         },
         repeats,
         warmup=0,  # main warms up every kernel before the first saving is timed
     )
-    times = _medians(samples)
+    times = medians(samples)
     saved = 1 - counts.sum().item() / counts.numel()
     ideal = ideal_saving(times["vanilla"], times["no_blocks"], saved)
     achieved = 1 - times["routed"] / times["vanilla"]
@@ -245,7 +225,7 @@ def decode_saving(
         pool, pool_mask = random_prompts(engine.config.vocab_size, 2 * batch, length, seed=1)
         two = different[torch.arange(2 * batch) % 2]  # arrival order alternates rows 0's and 1's paths
         arrived = [list(range(start, start + batch)) for start in (0, batch)]
-        forced = [ForcedRouting(routed, pool_mask[rows].bool(), two[rows]) for rows in arrived]
+        timed = [TimedRouting(routed, pool_mask[rows].bool(), two[rows]) for rows in arrived]
 
         def served(paths: Tensor | None, batches: list[list[int]]):
             for rows in batches:
@@ -254,7 +234,7 @@ def decode_saving(
                 )
 
         def grouped():
-            for rows, routing in zip(arrived, forced, strict=True):  # the routers decide the paths
+            for rows, routing in zip(arrived, timed, strict=True):  # the routers decide the paths
                 engine.generate(pool[rows], None, pool_mask[rows], 1, decide=routing.decider())
             served(two, list(rows_by_path(two).values()))
 
@@ -262,7 +242,7 @@ def decode_saving(
         runs["pool_arrival_order"] = lambda: served(two, arrived)
         runs["pool_grouped"] = grouped
     samples = interleaved_samples(runs, repeats, warmup=0)
-    times = _medians(samples)
+    times = medians(samples)
     per_row = 1 - different.sum().item() / different.numel()
     by_every_row = 1 - different.max(0).values.sum().item() / layers
     ideal = ideal_saving(times["vanilla"], times["no_blocks"], per_row)
@@ -342,10 +322,6 @@ def projection(cost: dict, gpu_tflops: float, utilisation: float, block_call_ms:
         "compute_ms_per_block": compute_ms,
         "projected_gpu_hours": blocks * max(compute_ms, block_call_ms) / 1000 / 3600,
     }
-
-
-def _medians(samples: dict[str, list[float]]) -> dict[str, float]:
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main(argv=None):
