@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_argument(
         "--group-by-path",
         action="store_true",
-        help="route all prompts first, then batch them in the order of their paths (same answers; faster "
-        "batched decoding when many prompts share few paths)",
+        help="with --batch-size: route all prompts first, then batch them in the order of their paths (same "
+        "answers; faster batched decoding when many prompts share few paths)",
     )
     score = commands.add_parser("score", help="score prepared examples (parquet in the prepare schema)")
     _common(score)

@@ -164,7 +164,7 @@ class RoutedModel:
         rows = [self.prompt_ids(p, chat_template) for p in prompts]
         size = batch_size or max(len(rows), 1)
         order, paths = list(range(len(rows))), None
-        if group_by_path:
+        if group_by_path and size < len(rows):  # one batch holds every prompt whatever their order
             paths = torch.cat([self._generate(rows, chunk, None, 1).counts for chunk in _chunks(order, size)])
             order = [row for members in rows_by_path(paths).values() for row in members]
         answers: list[RoutedAnswer | None] = [None] * len(rows)
