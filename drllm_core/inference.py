@@ -153,11 +153,10 @@ class RoutedModel:
         `batch_size` prompts per batch (None: all in one).
 
         `group_by_path`: route every prompt first (a routed prefill per batch), then batch the prompts in the
-        order of their paths, so that a batch holds one path wherever enough prompts share it. A batched
-        decode step costs about the same whatever share of its rows skip a layer (it reads the layer's
-        weights once either way): a batch of mixed paths saves almost nothing, one of a single path saves
-        its skipped layers in full (docs/benchmarks.md#scale). The same tokens either way; grouping costs one
-        more prefill, and pays when many prompts share few paths."""
+        order of their paths, so that a batch holds one path wherever enough prompts share it. Where a batched
+        decode step is bound by reading weights (each executed layer's once, whatever rows run it), a batch of
+        mixed paths saves little and a batch of one path saves its skipped layers in full. The same tokens
+        either way, for one more prefill; on this project's CPU it did not pay (docs/benchmarks.md#scale)."""
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         tokenizer = self.loaded.tokenizer
