@@ -26,6 +26,10 @@ def apply_preset(params_path: str | Path, preset_path: str | Path) -> list[str]:
     yaml = YAML()  # round-trip: comments and key order survive
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
+    # ruamel writes a null as nothing (`revision:`); keep params.yaml's `null` on lines a preset leaves alone.
+    yaml.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     params = yaml.load(Path(params_path).read_text())
     preset = yaml.load(Path(preset_path).read_text()) or {}
     if not isinstance(preset, dict):

@@ -17,6 +17,7 @@ def test_a_preset_changes_only_what_it_names_and_keeps_the_comments(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(
         "tasks:\n  defaults: {}\nsearch:\n  simulations: 25  # paths per example\n  seed: 0\n"
+        "  max_blocks: null  # budget\n"
         "train:\n  routers:\n    a: {labels: x}\n    b: {labels: y}\n"
     )
     preset = tmp_path / "preset.yaml"
@@ -25,9 +26,10 @@ def test_a_preset_changes_only_what_it_names_and_keeps_the_comments(tmp_path):
     )
     assert apply_preset(params, preset) == ["search.simulations", "train.routers", "tasks.mine"]
     merged = yaml.safe_load(params.read_text())
-    assert merged["search"] == {"simulations": 50, "seed": 0}
+    assert merged["search"] == {"simulations": 50, "seed": 0, "max_blocks": None}
     assert merged["train"]["routers"] == {"c": {"labels": "z"}}  # a mapping of names is replaced
     assert "# paths per example" in params.read_text()
+    assert "  max_blocks: null  # budget\n" in params.read_text()  # a line it does not set is kept as is
 
 
 def test_a_key_params_yaml_does_not_have_is_refused(tmp_path):
