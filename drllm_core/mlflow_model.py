@@ -6,7 +6,8 @@ choices is a multiple-choice question, scored as `evaluate` scores one (drllm_co
 the others are answered by routed greedy generation. Output per row: `text` (generated; empty for a question
 with choices), `choice` (the chosen index, -1 for generation), `scores` (per choice), `path` (per-layer
 counts) and `blocks`. The folder says how to route (its calibrated knob, the path limits, the prompt format);
-`params` at predict time may override `max_new_tokens`, `knob` and `chat_template`. The model config holds the
+`params` at predict time may override `max_new_tokens`, `knob` and `chat_template`, and set how prompts are
+batched for generation (`batch_size`, `group_by_path`: RoutedModel.generate). The model config holds the
 base model's `model` params (dtype, device, cache folder) and the routers' content hash, which loading checks:
 MLflow runs this file's code when a version loads, so only load versions from a store you trust.
 """
@@ -55,7 +56,11 @@ class RoutedLLM(PythonModel):
             }
         generated = (
             self.routed.generate(
-                [prompts[i] for i in free], int(params.get("max_new_tokens", 64)), params.get("chat_template")
+                [prompts[i] for i in free],
+                int(params.get("max_new_tokens", 64)),
+                params.get("chat_template"),
+                batch_size=params.get("batch_size") or None,  # unset or 0: one batch
+                group_by_path=bool(params.get("group_by_path", False)),
             )
             if free
             else []

@@ -217,6 +217,8 @@ def _signature(knob: float, chat_template: bool):
             ParamSpec("max_new_tokens", DataType.long, 64),
             ParamSpec("knob", DataType.double, float(knob)),
             ParamSpec("chat_template", DataType.boolean, chat_template),
+            ParamSpec("batch_size", DataType.long, 0),  # prompts per generation batch; 0: all in one
+            ParamSpec("group_by_path", DataType.boolean, False),
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)

@@ -107,6 +107,9 @@ def test_registration_over_http_is_keyed_by_hash_and_the_pyfunc_matches_routed_g
     local = RoutedModel.from_folder(loaded, folder).generate(prompts, max_new_tokens=6)
     assert list(served["text"]) == [a.text for a in local]
     assert [list(p) for p in served["path"]] == [list(a.path) for a in local]
+    assert {"batch_size", "group_by_path"} <= {p.name for p in model.metadata.get_params_schema().params}
+    batching = {"max_new_tokens": 6, "batch_size": 1, "group_by_path": True}  # same answers, other batches
+    assert model.predict(pd.DataFrame({"prompt": prompts}), params=batching).equals(served)
     # the same routers calibrated to another knob are another folder, so another version serving at that knob
     RouterSet.load(folder).with_knob(-0.6).save(root / "calibrated")
     calibrated = str(root / "calibrated")
