@@ -281,13 +281,12 @@ def search_cost(shape: str, dtype: torch.dtype, params: dict, examples: int, sim
         start = time.perf_counter()
         result = search(rewards, layers, config, example_rng(config.seed, example.example_id))
         seconds = time.perf_counter() - start
-        state = rewards._root.hidden  # one prefix state; the cache holds _states of them (PathRewards)
         rows.append(
             {
                 "seconds_per_simulation": seconds / result.simulations,
                 "layer_evals_per_simulation": rewards.layer_evaluations / result.simulations,
-                "peak_cache_mb": len(rewards._states) * state.numel() * state.element_size() / 2**20,
-                "prompt_tokens": state.shape[1],
+                "peak_cache_mb": rewards.prefix_cache_bytes / 2**20,
+                "prompt_tokens": len(scorer.pack(example).input_ids),  # the packed row (all choices)
             }
         )
     summary = {key: statistics.mean(r[key] for r in rows) for key in rows[0]}

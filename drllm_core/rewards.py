@@ -76,6 +76,14 @@ class PathRewards:
             state_bytes = self._root.hidden.numel() * self._root.hidden.element_size()
             self._max_states = max(2, int(cache_mb * 2**20) // state_bytes)  # prefix states, root included
 
+    @property
+    def prefix_cache_bytes(self) -> int:
+        """Memory the prefix states hold now; its peak is its value after the search (the cache only grows
+        until its cap). Zero for a generated answer, which caches no prefix."""
+        if not self._packed:
+            return 0
+        return sum(state.numel() * state.element_size() for state in self._states.values())
+
     def __call__(self, paths: list[LayerPath]) -> list[Outcome]:
         """Outcomes in the order of `paths`; only paths never seen before cost compute. The default path is
         scored first when the reward is faithful: it compares with its answer."""

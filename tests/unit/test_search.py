@@ -169,6 +169,7 @@ def test_the_prefix_cache_keeps_to_its_budget_and_changes_no_outcome():
     assert len(tight._states) == 4 and () in tight._states and len(roomy._states) > 4
     stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tight._states.values()}
     assert sum(stored.values()) <= 4 * state_bytes  # copies: no cached row holds its whole batch
+    assert tight.prefix_cache_bytes == 4 * state_bytes < roomy.prefix_cache_bytes
     assert tight.layer_evaluations > roomy.layer_evaluations  # evicted prefixes were recomputed
 
 
