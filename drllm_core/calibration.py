@@ -6,7 +6,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from drllm_core.errors import ConfigError, config_from
@@ -49,14 +48,6 @@ def calibrate_knob(
     for row in table:
         log.info("calibration: knob %+g, accuracy %.3f, agreement %.3f, blocks saved %.2f", *row.values())
     return choose_knob_from(table, min_blocks_saved), table
-
-
-def accuracy_and_blocks_saved(decisions, num_layers: int) -> dict:
-    """Accuracy and mean blocks saved per token of scored decisions (each with `.correct` and `.path`)."""
-    return {
-        "accuracy": float(np.mean([d.correct for d in decisions])),
-        "blocks_saved": float(num_layers - np.mean([sum(d.path) for d in decisions])),
-    }
 
 
 def choose_knob_from(table: Sequence[dict], min_blocks_saved: float) -> float:

@@ -196,7 +196,7 @@ def report_sections(
             "ci_low": c["ci_low"],
             "ci_high": c["ci_high"],
             "mcnemar_p": c["mcnemar_p"],
-            "verdict": ("better" if c["difference"] > 0 else "worse") if c["significant"] else "within noise",
+            "verdict": verdict(c),
             "agreement_difference": c["agreement_difference"],
             "agreement_p": c["agreement_mcnemar_p"],
         }
@@ -264,6 +264,13 @@ def headline(evaluation: dict) -> str:
     )
 
 
+def verdict(comparison: dict) -> str:
+    """A paired accuracy comparison in words: better or worse only when McNemar's test says so."""
+    if not comparison["significant"]:
+        return "within noise"
+    return "better" if comparison["difference"] > 0 else "worse"
+
+
 SUMMARY_CONFIGS = ("vanilla", "drllm", "best_static", "faithful_static", "shortgpt_bi", "random_skip")
 
 
@@ -306,10 +313,9 @@ def summary_markdown(evaluation: dict) -> str:
     for c in evaluation["comparisons"]:
         if c["config"] != "drllm" or c["reference"] == "vanilla":
             continue
-        verdict = ("better" if c["difference"] > 0 else "worse") if c["significant"] else "within noise"
         lines.append(
             f"| {c['reference']} | {c['set']} | {100 * c['difference']:+.1f} {interval(c['ci_low'], c['ci_high'])} "
-            f"| {c['mcnemar_p']:.3f} | {verdict} | {100 * c['agreement_difference']:+.1f} "
+            f"| {c['mcnemar_p']:.3f} | {verdict(c)} | {100 * c['agreement_difference']:+.1f} "
             f"{interval(c['agreement_ci_low'], c['agreement_ci_high'])} | {c['agreement_mcnemar_p']:.3f} |"
         )
     return "\n".join([headline(evaluation), "", *lines]) + "\n"

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from drllm_core.errors import ConfigError, config_from
 from drllm_core.paths import CLASS_NAMES
-from drllm_core.routers import CostRouter, RouterSet
+from drllm_core.routers import CostRouter, RouterSet, window_mean
 from drllm_core.routing import NUM_CLASSES, RouterConfig
 
 
@@ -282,8 +282,7 @@ def train_cost_router(
     training questions; held-out questions judge the result against the best single candidate for all."""
     train_idx, val_idx = split_indices(len(costs), config.val_fraction, config.seed)
     layer = router_config.decision_layer
-    weights = window_mask.double()[:, :, None]
-    pooled = (features[:, layer].double() * weights).sum(1) / weights.sum(1).clamp(min=1)  # (N, D)
+    pooled = window_mean(features[:, layer].double(), window_mask)  # (N, D)
     changed = 1 - keeps.double()
     later = torch.arange(layer + 1, router_config.num_layers)
     mean_changed = torch.nanmean(changed[train_idx][:, later], 0)
