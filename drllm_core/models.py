@@ -271,17 +271,48 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
         )
     target = cache_dir / key
     marker = target / "drllm_source.json"
-    if entry.assembled:  # known by the checksum its package asserts, without assembling it first
+    if entry.assembled:  # known by the checksum its package checks, without joining the chunks first
+        gguf = None
         source_id = {"file": entry.filename, "sha256": importlib.import_module(entry.package).EXPECTED_SHA256}
-        if marker.is_file() and json.loads(marker.read_text()) == source_id:
-            return target
-    gguf = _embedded_gguf(entry, found, cache_dir / f".{key}.gguf")
-    if not entry.assembled:
+    else:
+        gguf = Path(next(iter(found.submodule_search_locations))) / entry.filename
+        if not gguf.is_file():
+            raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
         stat = gguf.stat()
         source_id = {"file": entry.filename, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        if marker.is_file() and json.loads(marker.read_text()) == source_id:
-            return target
-    log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
+    if marker.is_file() and json.loads(marker.read_text()) == source_id:
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    try:
+        gguf = gguf or _assembled(entry, tmp / entry.filename)
+        log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
+        model, tokenizer = _dequantised(entry, gguf)
+        converted = tmp / "converted"
+        model.save_pretrained(converted)
+        tokenizer.save_pretrained(converted)
+        (converted / "drllm_source.json").write_text(json.dumps(source_id))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(converted, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # with a joined GGUF: not needed once converted
+    return target
+
+
+def _assembled(entry: EmbeddedModel, path: Path) -> Path:
+    """The GGUF joined from its chunk packages at `path` (the package checks its checksum)."""
+    try:
+        return Path(importlib.import_module(entry.package).assemble(path))
+    except (OSError, ValueError, ImportError) as err:
+        raise ModelLoadError(
+            f"cannot assemble {entry.filename} from the {entry.package.replace('_', '-')} chunk packages "
+            f"({type(err).__name__}: {err}): run `make setup` to reinstall them"
+        ) from err
+
+
+def _dequantised(entry: EmbeddedModel, gguf: Path):
+    """Model (fp32) and tokenizer read from a GGUF file, ready for save_pretrained."""
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -296,37 +327,7 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "drllm_source.json").write_text(json.dumps(source_id))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if entry.assembled:
-        gguf.unlink(missing_ok=True)  # converted: the joined file is not needed again
-    return target
-
-
-def _embedded_gguf(entry: EmbeddedModel, found, assembled_at: Path) -> Path:
-    """The embedded model's GGUF file: in its package, or joined from its chunk packages into the cache."""
-    if entry.assembled:
-        package = importlib.import_module(entry.package)
-        try:
-            return Path(package.assemble(assembled_at))
-        except (OSError, ValueError, ImportError) as err:
-            raise ModelLoadError(
-                f"cannot assemble {entry.filename} from the {entry.package.replace('_', '-')} chunk packages ({err}): "
-                f"run `make setup`, or delete {assembled_at} if it is left from an interrupted run"
-            ) from err
-    gguf = Path(next(iter(found.submodule_search_locations))) / entry.filename
-    if not gguf.is_file():
-        raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
-    return gguf
+    return model, tokenizer
 
 
 # Config keys that describe how a model was loaded, not which model it is.
