@@ -68,7 +68,7 @@ ablations: setup
 	@dvc queue start --jobs 1
 	@echo "queued; follow with: dvc queue status, dvc exp show (docs/experiments.md)"
 
-# Every benchmark (search, train, label_sources and inference need the pipeline's outputs: run `make repro` first).
+# Every benchmark (search, train, label_sources, inference and scale need the pipeline's outputs: run `make repro` first).
 bench: setup
 	@python -m benchmarks.engine
 	@python -m benchmarks.tasks
@@ -76,6 +76,7 @@ bench: setup
 	@python -m benchmarks.train
 	@python -m benchmarks.label_sources
 	@python -m benchmarks.inference
+	@python -m benchmarks.scale
 
 clean:
 	rm -rf $(VENV)

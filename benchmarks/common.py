@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +37,31 @@ def interleaved_samples(
 
 def interleaved_times(variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict:
     """Median wall seconds per variant of interleaved_samples."""
-    samples = interleaved_samples(variants, repeats, warmup)
+    return medians(interleaved_samples(variants, repeats, warmup))
+
+
+def medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+class TimedRouting:
+    """A routed model's decider for one batch, timed: `seconds` adds up the time spent in the routers. With
+    `counts` (B, L), their decisions are replaced by those fixed paths after they have done all their work."""
+
+    def __init__(self, routed, mask: torch.Tensor, counts: torch.Tensor | None = None):
+        self.routed, self.mask, self.counts = routed, mask, counts
+        self.seconds = 0.0
+
+    def decider(self):
+        inner = self.routed.decider(self.mask)
+
+        def decide(layer: int, hidden: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            decided = inner(layer, hidden)
+            self.seconds += time.perf_counter() - start
+            return decided if self.counts is None else self.counts[:, layer]
+
+        return decide
 
 
 def print_table(title: str, rows: list[dict]) -> None:
@@ -60,6 +84,7 @@ def _fmt(value) -> str:
 def write_json(name: str, payload: dict) -> Path:
     RESULTS.mkdir(exist_ok=True)
     payload = {
+        "commit": _commit(),
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -71,3 +96,15 @@ def write_json(name: str, payload: dict) -> Path:
     path = io.write_json(RESULTS / f"{name}.json", payload)
     print(f"\nwrote {path}")
     return path
+
+
+def _commit() -> str | None:
+    """The checked-out commit, with `+dirty` when tracked files differ from it (None outside git)."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if git("diff", "--quiet", "HEAD").returncode else "")

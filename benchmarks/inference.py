@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from benchmarks.common import interleaved_samples, interleaved_times, print_table, write_json
+from benchmarks.common import (
+    TimedRouting,
+    interleaved_samples,
+    interleaved_times,
+    medians,
+    print_table,
+    write_json,
+)
 from drllm_core.engine import token_batch
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model
@@ -37,17 +43,9 @@ def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
     router_runs = []  # seconds spent in the routers, per prefill
 
     def timed_prefill():
-        inner, spent = routed.decider(mask.bool()), 0.0
-
-        def decide(layer, hidden):
-            nonlocal spent
-            start = time.perf_counter()
-            counts = inner(layer, hidden)
-            spent += time.perf_counter() - start
-            return counts
-
-        engine.generate(ids, None, mask, 1, decide=decide)
-        router_runs.append(spent)
+        timed = TimedRouting(routed, mask.bool())
+        engine.generate(ids, None, mask, 1, decide=timed.decider())
+        router_runs.append(timed.seconds)
 
     def generate(counts=None, routed_paths=False):
         decide = routed.decider(mask.bool()) if routed_paths else None
@@ -61,12 +59,12 @@ def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
         },
         args.repeats,
     )
-    times = {name: statistics.median(values) for name, values in samples.items()}
+    times = medians(samples)
     prefill = interleaved_times({"prefill": timed_prefill}, args.repeats)
     router_seconds = statistics.median(router_runs)
     calls_run = routed_counts.max(0).values.sum().item()
     saved_share = 1 - routed_counts.sum().item() / (batch * layers)
-    medians = (times["vanilla"], times["routed"], times["no_blocks"])
+    median_times = (times["vanilla"], times["routed"], times["no_blocks"])
     # Each round's own share of the ideal too: a round's runs ran back to back, so drift between rounds cancels.
     rounds = zip(samples["vanilla"], samples["routed"], samples["no_blocks"], strict=True)
     shares = [share_of_ideal(*round_times, saved_share) for round_times in rounds] if saved_share else []
@@ -77,7 +75,7 @@ def bench_batch(routed: RoutedModel, ids: Tensor, mask: Tensor, args) -> dict:
         "blocks_saved_pct": 100 * saved_share,
         "ideal_saving_pct": 100 * ideal_saving(times["vanilla"], times["no_blocks"], saved_share),
         "saving_pct": 100 * (1 - times["routed"] / times["vanilla"]),
-        "share_of_ideal_pct": 100 * share_of_ideal(*medians, saved_share) if saved_share else None,
+        "share_of_ideal_pct": 100 * share_of_ideal(*median_times, saved_share) if saved_share else None,
         "rounds_share_of_ideal_pct_q1_q2_q3": [round(100 * q, 1) for q in statistics.quantiles(shares, n=4)]
         if shares
         else None,

@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="wrap prompts in the model's chat template (default: as the routers were trained)",
     )
+    generate.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all)")
+    generate.add_argument(
+        "--group-by-path",
+        action="store_true",
+        help="with --batch-size: route all prompts first, then batch them in the order of their paths (same "
+        "answers; faster batched decoding when many prompts share few paths)",
+    )
     score = commands.add_parser("score", help="score prepared examples (parquet in the prepare schema)")
     _common(score)
     score.add_argument("--examples", required=True)
@@ -79,7 +86,9 @@ def _run(args) -> None:
     routed = RoutedModel.from_folder(loaded, args.routers, force=args.force, knob=knob)
     print(f"routing at knob {routed.knob:+g} under {routed.routing.constraints}", file=sys.stderr)
     if args.command == "generate":
-        answers = routed.generate(args.prompts, args.max_new_tokens, args.chat_template)
+        answers = routed.generate(
+            args.prompts, args.max_new_tokens, args.chat_template, args.batch_size, args.group_by_path
+        )
         for prompt, answer in zip(args.prompts, answers, strict=True):
             print(
                 json.dumps(

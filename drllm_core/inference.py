@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from drllm_core.engine import Decide, PathEngine, token_batch
+from drllm_core.engine import Decide, Generation, PathEngine, token_batch
 from drllm_core.models import LoadedModel
 from drllm_core.paths import EXECUTE, SKIP
 from drllm_core.routers import RouterSet, window_average, window_weights
@@ -142,24 +142,47 @@ class RoutedModel:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], max_new_tokens: int = 64, chat_template: bool | None = None
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        chat_template: bool | None = None,
+        batch_size: int | None = None,
+        group_by_path: bool = False,
     ) -> list[RoutedAnswer]:
-        """Greedy routed generation for raw prompts, formatted as the routers were trained (see prompt_ids)."""
+        """Greedy routed generation for raw prompts, formatted as the routers were trained (see prompt_ids),
+        `batch_size` prompts per batch (None: all in one).
+
+        `group_by_path`: route every prompt first (a routed prefill per batch), then batch the prompts in the
+        order of their paths, so that a batch holds one path wherever enough prompts share it. Where a batched
+        decode step is bound by reading weights (each executed layer's once, whatever rows run it), a batch of
+        mixed paths saves little and a batch of one path saves its skipped layers in full. The same tokens
+        either way, for one more prefill; on this project's CPU it did not pay (docs/benchmarks.md#scale)."""
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         tokenizer = self.loaded.tokenizer
-        pad = tokenizer.pad_token_id
-        ids, mask = token_batch([self.prompt_ids(p, chat_template) for p in prompts], pad, left=True)
-        eos = eos_token_ids(self.loaded.model, tokenizer)
-        out = self.engine.generate(
-            ids, None, mask, max_new_tokens, eos, pad, decide=self.decider(mask.bool())
-        )
-        answers = []
-        for row in range(len(prompts)):
-            length = int(out.lengths[row])
-            path = tuple(int(c) for c in out.counts[row])
-            generated = out.tokens[row, :length]
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            answers.append(RoutedAnswer(text, path, sum(path), length, tuple(generated.tolist())))
+        rows = [self.prompt_ids(p, chat_template) for p in prompts]
+        size = batch_size or max(len(rows), 1)
+        order, paths = list(range(len(rows))), None
+        if group_by_path and size < len(rows):  # one batch holds every prompt whatever their order
+            paths = torch.cat([self._generate(rows, chunk, None, 1).counts for chunk in _chunks(order, size)])
+            order = [row for members in rows_by_path(paths).values() for row in members]
+        answers: list[RoutedAnswer | None] = [None] * len(rows)
+        for chunk in _chunks(order, size):
+            out = self._generate(rows, chunk, None if paths is None else paths[chunk], max_new_tokens)
+            for position, row in enumerate(chunk):
+                answers[row] = _answer(out, position, tokenizer)
         return answers
+
+    def _generate(self, rows: list[list[int]], chunk: list[int], paths: Tensor | None, max_new_tokens: int):
+        """The engine's greedy generation for the prompts `chunk` of `rows` (token ids), left-padded into one
+        batch: routed (`paths` None) or along fixed paths."""
+        tokenizer = self.loaded.tokenizer
+        ids, mask = token_batch([rows[row] for row in chunk], tokenizer.pad_token_id, left=True)
+        decide = self.decider(mask.bool()) if paths is None else None
+        eos = eos_token_ids(self.loaded.model, tokenizer)
+        return self.engine.generate(
+            ids, paths, mask, max_new_tokens, eos, tokenizer.pad_token_id, decide=decide
+        )
 
     def choose(
         self, prompts: Sequence[str], choices: Sequence[Sequence[str]], batch_size: int = 8
@@ -177,3 +200,23 @@ class RoutedModel:
             RoutedChoice(ord(d.prediction) - ord("A"), d.scores, tuple(d.path), sum(d.path))
             for d in decisions
         ]
+
+
+def rows_by_path(counts: Tensor) -> dict[tuple[int, ...], list[int]]:
+    """(B, L) per-row paths -> each distinct path and the rows that take it, in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for row, path in enumerate(counts.tolist()):
+        groups.setdefault(tuple(path), []).append(row)
+    return groups
+
+
+def _answer(out: Generation, row: int, tokenizer) -> RoutedAnswer:
+    length = int(out.lengths[row])
+    path = tuple(int(c) for c in out.counts[row])
+    generated = out.tokens[row, :length]
+    text = tokenizer.decode(generated, skip_special_tokens=True)
+    return RoutedAnswer(text, path, sum(path), length, tuple(generated.tolist()))
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]

@@ -45,6 +45,8 @@ def test_generate_and_score_on_the_routers_own_base_model(tmp_path, capsys):
     assert [line["prompt"] for line in lines] == ["Hi", "Bye"] and all(
         len(line["path"]) == 6 for line in lines
     )
+    assert cli.main([*generate, "--batch-size", "1", "--group-by-path"]) == 0
+    assert _lines(capsys)[0] == lines  # the same answers, grouped by path
     (tmp_path / "q.jsonl").write_text(
         "\n".join(
             json.dumps({"question": f"Q{i}?", "choices": ["a", "b"], "answer_index": 0}) for i in range(4)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from drllm_core.engine import PathEngine
 from drllm_core.features import build_features
-from drllm_core.inference import RoutedModel
+from drllm_core.inference import RoutedModel, rows_by_path
 from drllm_core.models import weights_fingerprint, weights_sample
 from drllm_core.paths import LayerPath
 from drllm_core.routers import RouterSet, pool_windows, window_average
@@ -263,6 +263,36 @@ def test_routed_model_decides_per_row_and_respects_skip_runs():
         assert answer.blocks == 2
     unconstrained = RoutedModel(loaded, routers, enforce_constraints=False).generate(["Hi"], max_new_tokens=2)
     assert unconstrained[0].path == (0,) * 6
+
+
+def test_generation_grouped_by_path_gives_every_prompt_the_tokens_it_gets_alone():
+    loaded = tiny_loaded()
+    torch.manual_seed(3)
+    routers = RouterSet(RouterConfig(6, 64, 8, 4, routing=Routing(max_skip_run=None, max_blocks=None)))
+    with torch.no_grad():  # every layer executes but 3, whose random router splits the prompts
+        for layer, router in enumerate(routers.routers):
+            if layer != 3:
+                router.out.bias.copy_(torch.tensor([0.0, 10.0, 0.0]))
+    routed = RoutedModel(loaded, routers)
+    prompts = [
+        "Hi there",
+        "What is two plus two?",
+        "Name a colour.",
+        "Why is the sky blue?",
+        "Hello",
+        "Count!",
+    ]
+    grouped = routed.generate(prompts, max_new_tokens=5, batch_size=2, group_by_path=True)
+    assert 1 < len({a.path for a in grouped}) < len(prompts)  # groups of several rows, and several groups
+    alone = [routed.generate([p], max_new_tokens=5)[0] for p in prompts]
+    assert [(a.path, a.tokens, a.text) for a in grouped] == [(a.path, a.tokens, a.text) for a in alone]
+    assert grouped == routed.generate(prompts, max_new_tokens=5)  # one batch of every prompt
+    assert grouped == routed.generate(prompts, max_new_tokens=5, batch_size=4)
+
+
+def test_rows_by_path_keeps_first_appearance_order():
+    counts = torch.tensor([[1, 0, 1], [1, 1, 1], [1, 0, 1], [2, 1, 0]])
+    assert rows_by_path(counts) == {(1, 0, 1): [0, 2], (1, 1, 1): [1], (2, 1, 0): [3]}
 
 
 def test_routing_keeps_the_block_budget_the_labels_were_searched_under():
