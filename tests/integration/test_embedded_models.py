@@ -1,0 +1,80 @@
+"""The path engine on the real embedded models: SmolLM2-135M-Instruct (the default, Llama family) and
+Gemma 3 270M (interleaved sliding-window and global attention, scaled embeddings, a 262k vocabulary)."""
+
+import os
+
+import pytest
+import torch
+
+from drllm_core.engine import PathEngine
+from drllm_core.models import EMBEDDED_MODELS, ModelSpec, load_model, weights_fingerprint
+from drllm_core.paths import LayerPath
+from drllm_core.routers import RouterSet
+from drllm_core.routing import RouterConfig, RouterMismatch
+
+PROMPTS = ["Question: Which gas do plants take in from the air?\nAnswer:", "The capital of France is"]
+FAMILIES = {"smollm2-135m-instruct": "llama", "gemma3-270m": "gemma3_text"}
+CACHE = os.environ.get("DRLLM_MODEL_CACHE", "models/base")
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES, reverse=True))
+def fp32(request):
+    return load_model(ModelSpec(spec=f"embedded:{request.param}", dtype="float32", cache_dir=CACHE))
+
+
+def test_embedded_models_are_converted_once_to_safetensors(fp32):
+    key = fp32.spec.spec.removeprefix("embedded:")
+    assert os.path.isfile(f"{fp32.spec.cache_path()}/{key}/model.safetensors")
+    assert fp32.name == key and key in EMBEDDED_MODELS
+    assert fp32.model.config.model_type == FAMILIES[key]
+    assert not any(name.endswith(".gguf") for name in os.listdir(fp32.spec.cache_path()))  # joined, then removed
+    assert all(not p.requires_grad for p in fp32.model.parameters())
+
+
+def test_default_path_is_exact_on_a_padded_fp32_batch(fp32):
+    tokenizer = fp32.tokenizer
+    tokenizer.padding_side = "right"
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    expected = fp32.model(**batch, position_ids=positions).logits
+    got = PathEngine(fp32.model).forward(batch.input_ids, attention_mask=batch.attention_mask)
+    real = batch.attention_mask.bool()
+    assert torch.equal(got[real], expected[real])
+
+
+def test_generation_under_mixed_paths_matches_recomputation(fp32):
+    tokenizer = fp32.tokenizer
+    tokenizer.padding_side = "left"
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    layers = fp32.num_layers
+    paths = [
+        LayerPath.default(layers).with_count(4, 0).with_count(5, 0).with_count(12, 2),
+        LayerPath.default(layers).with_count(layers - 10, 0).with_count(2, 2),
+    ]
+    engine = PathEngine(fp32.model)
+    out = engine.generate(batch.input_ids, paths, batch.attention_mask, max_new_tokens=10, keep_logits=True)
+    sequence = torch.cat([batch.input_ids, out.tokens], dim=1)
+    mask = torch.cat([batch.attention_mask, torch.ones_like(out.tokens)], dim=1)
+    recomputed = engine.forward(sequence, paths, attention_mask=mask)
+    width = batch.input_ids.shape[1]
+    for step, logits in enumerate(out.step_logits):
+        torch.testing.assert_close(logits, recomputed[:, width - 1 + step], rtol=1e-3, atol=1e-3)
+    default = engine.generate(batch.input_ids, None, batch.attention_mask, max_new_tokens=10).tokens
+    reference = fp32.model.generate(**batch, max_new_tokens=10, do_sample=False)[:, width:]
+    assert torch.equal(default, reference)
+
+
+def test_routers_of_one_embedded_model_are_refused_on_the_other(tmp_path):
+    smollm, gemma = (
+        load_model(ModelSpec(spec=f"embedded:{key}", dtype="float32", cache_dir=CACHE)) for key in sorted(FAMILIES, reverse=True)
+    )
+    config = RouterConfig(
+        smollm.num_layers,
+        smollm.model.config.hidden_size,
+        base_model_name=smollm.name,
+        base_fingerprint=weights_fingerprint(smollm.model),
+    )
+    RouterSet(config).save(tmp_path / "routers")
+    assert RouterSet.load(tmp_path / "routers", smollm.model).config.base_model_name == smollm.name
+    with pytest.raises(RouterMismatch, match=r"expect 30 layers of width 576 \(smollm2-135m-instruct\), this model has 18"):
+        RouterSet.load(tmp_path / "routers", gemma.model)
