@@ -33,18 +33,24 @@ class SetEntry:
     task: str
     source: str = "embedded"
     split: str = "validation"
-    size: int | None = None  # None: every example
+    limit: int | None = None  # the first `limit` examples in the seeded order; None: every example
     path: str | None = None  # local source file
 
     @classmethod
     def parse(cls, set_name: str, item: dict) -> SetEntry:
         if not isinstance(item, dict) or "task" not in item:
             raise PrepareError(f"prepare.sets.{set_name}: every item needs a `task` key, got {item!r}")
-        entry = config_from(cls, f"prepare.sets.{set_name} ({item['task']})", item)
-        if entry.size is not None and entry.size < 1:
+        if "size" in item:  # DVC's run cache drops every key named `size` from its key: a changed size
+            # would restore the data of a run with another size instead of preparing it
             raise PrepareError(
-                f"prepare.sets.{set_name}, task {entry.task}: size must be at least 1, or left out for every example; "
-                f"got {entry.size}"
+                f"prepare.sets.{set_name}, task {item['task']}: `size` is now called `limit` (DVC's run cache "
+                "ignores keys named size); rename it in params.yaml"
+            )
+        entry = config_from(cls, f"prepare.sets.{set_name} ({item['task']})", item)
+        if entry.limit is not None and entry.limit < 1:
+            raise PrepareError(
+                f"prepare.sets.{set_name}, task {entry.task}: limit must be at least 1, or left out for every "
+                f"example; got {entry.limit}"
             )
         if entry.source not in SOURCES:
             raise PrepareError(f"prepare.sets.{set_name}, task {entry.task}: unknown source {entry.source!r}")
@@ -74,10 +80,10 @@ def load_entry(entry: SetEntry) -> Loaded:
     return Loaded(examples, rows, malformed)
 
 
-def sample(examples: list[Example], size: int | None, seed: int) -> list[Example]:
-    """The first `size` examples in an order fixed by (seed, example id)."""
+def sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """The first `limit` examples in an order fixed by (seed, example id)."""
     ranked = sorted(examples, key=lambda e: hashlib.sha256(f"{seed}:{e.example_id}".encode()).hexdigest())
-    return ranked if size is None else ranked[:size]
+    return ranked if limit is None else ranked[:limit]
 
 
 def build_sets(params: dict) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -96,7 +102,7 @@ def build_sets(params: dict) -> tuple[dict[str, pd.DataFrame], dict]:
             entry = SetEntry.parse(set_name, item)
             loaded = load_entry(entry)
             _check_malformed(set_name, entry, loaded, limit, report)
-            chosen += sample(loaded.examples, entry.size, seed)
+            chosen += sample(loaded.examples, entry.limit, seed)
         records[set_name], report["duplicates"][set_name] = _deduplicate([e.record() for e in chosen])
     for set_name in ("search", "shots"):
         records[set_name], report["removed_for_overlap"][set_name] = _without_overlap(records, set_name)
@@ -104,7 +110,7 @@ def build_sets(params: dict) -> tuple[dict[str, pd.DataFrame], dict]:
     for name, frame in frames.items():
         if name != "shots" and frame.empty and sets_params.get(name):
             raise PrepareError(
-                f"set {name!r} came out empty: check its tasks, splits and sizes in params.yaml"
+                f"set {name!r} came out empty: check its tasks, splits and limits in params.yaml"
             )
     assert_no_overlap(frames)
     manifest = {

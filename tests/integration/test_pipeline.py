@@ -36,14 +36,14 @@ def small_params(model_folder: Path) -> dict:
     params["model"].update({"spec": str(model_folder), "dtype": "float32"})
     params["tasks"]["gsm8k"]["max_new_tokens"] = 6
     params["prepare"]["sets"] = {
-        "search": [{"task": "arc_easy", "source": "embedded", "split": "validation", "size": 48}],
+        "search": [{"task": "arc_easy", "source": "embedded", "split": "validation", "limit": 48}],
         "eval_id": [
-            {"task": "arc_easy", "source": "embedded", "split": "test", "size": 24},
-            {"task": "arc_challenge", "source": "embedded", "split": "test", "size": 12},
+            {"task": "arc_easy", "source": "embedded", "split": "test", "limit": 24},
+            {"task": "arc_challenge", "source": "embedded", "split": "test", "limit": 12},
         ],
         "eval_ood": [
-            {"task": "piqa", "source": "embedded", "split": "validation", "size": 8},
-            {"task": "gsm8k", "source": "embedded", "split": "test", "size": 3},
+            {"task": "piqa", "source": "embedded", "split": "validation", "limit": 8},
+            {"task": "gsm8k", "source": "embedded", "split": "test", "limit": 3},
         ],
         "shots": [],
     }

@@ -87,3 +87,29 @@ def test_lazy_imports_count_and_modules_outside_the_repository_do_not():
     assert "drllm_core/inference.py" in closure  # imported inside load_context
     assert all(Path(ROOT / p).is_file() for p in closure)
     assert not [p for p in closure if not p.startswith(("drllm_core/", "pipeline/"))]
+
+
+def _keys(value, where: str):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield f"{where}.{key}", key
+            yield from _keys(inner, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            yield from _keys(inner, f"{where}[{i}]")
+
+
+def test_no_param_has_a_name_the_run_cache_ignores():
+    """DVC's run cache keys a stage by its deps and params with every key named `size` or `nfiles` left out,
+    at any depth: a param of that name could change and `dvc repro` restore the outputs of another run."""
+    from dvc_data.hashfile.meta import Meta
+
+    ignored = {Meta.PARAM_SIZE, Meta.PARAM_NFILES}
+    files = [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]
+    found = [
+        f"{path.name}: {name}"
+        for path in files
+        for name, key in _keys(yaml.safe_load(path.read_text()), "")
+        if key in ignored
+    ]
+    assert not found

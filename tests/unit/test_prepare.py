@@ -88,10 +88,12 @@ def test_bad_params_are_named(tmp_path):
         ConfigError, match=r"unknown keys in params.yaml `prepare.sets.search \(mine\)`: \['sizes'\]"
     ):
         build_sets({"sets": {"search": [{"task": "mine", "source": "local", "path": search, "sizes": 3}]}})
-    with pytest.raises(PrepareError, match="size must be at least 1, or left out for every example; got -5"):
-        build_sets({"sets": {"search": [{"task": "mine", "source": "local", "path": search, "size": -5}]}})
+    with pytest.raises(PrepareError, match="limit must be at least 1, or left out for every example; got -5"):
+        build_sets({"sets": {"search": [{"task": "mine", "source": "local", "path": search, "limit": -5}]}})
+    with pytest.raises(PrepareError, match="`size` is now called `limit`"):
+        build_sets({"sets": {"search": [{"task": "mine", "source": "local", "path": search, "size": 1}]}})
     frames, _ = build_sets(
-        {"sets": {"search": [{"task": "mine", "source": "local", "path": search, "size": "1"}]}}
+        {"sets": {"search": [{"task": "mine", "source": "local", "path": search, "limit": "1"}]}}
     )
     assert len(frames["search"]) == 1  # a number written as a string
 
