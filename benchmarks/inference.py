@@ -1,6 +1,7 @@
 """Routed vs vanilla wall clock: `python -m benchmarks.inference` (needs models/drllm from `dvc repro`).
 
-Batch 1 and 8, prefill plus 64 greedy tokens on in-domain test prompts, the default model. Reports the time
+Batch 1 and 8, prefill plus 64 greedy tokens on in-domain test prompts, the routers' base model
+(benchmarks/results/inference-<model>.json). Reports the time
 saved against the ideal saving (the routed paths' skipped blocks at the measured cost of a block, against all
 the work of a step, as in benchmarks/engine.py) and the router overhead (pooling + router MLPs + the knob),
 as a share of the prefill forward (where routers run) and of the whole request (prefill + new tokens).
@@ -124,7 +125,7 @@ def main(argv=None):
     )
     print_table("Routed vs vanilla generation (prefill + greedy tokens)", rows)
     write_json(
-        "inference",
+        f"inference-{loaded.name}",  # one result per base model
         {
             "model": loaded.name,
             "routers": args.routers,
