@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.drllm-installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: setup system-deps repro test test-unit lint format lock bench promote ui ablations clean
+.PHONY: setup system-deps repro repro-preset test test-unit lint format lock bench promote ui ablations clean
 setup: $(STAMP)
 
 # System packages the tests need besides Python's (Debian's chromium for the report test): installed with
@@ -28,6 +28,17 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 repro: setup
 	@dvc repro
+
+# The whole pipeline under presets/$(PRESET).yaml (e.g. PRESET=gemma3-270m), from the committed code, in its
+# own git worktree runs/$(PRESET) (this workspace's outputs stay as they are; rerun to resume); then its
+# metrics are copied into results/<model>/ and docs/models.md shows it beside the default model.
+repro-preset: setup
+	@test -f "presets/$(PRESET).yaml" || { echo "error: presets/$(PRESET).yaml does not exist: run make repro-preset PRESET=<a presets/*.yaml name>" >&2; exit 1; }
+	@test -d runs/$(PRESET) || git worktree add -q --detach runs/$(PRESET)
+	@git -C runs/$(PRESET) checkout -q -f --detach $$(git rev-parse HEAD)  # DVC's run cache keeps finished stages
+	@mkdir -p runs/$(PRESET)/models && ln -sfn $(CURDIR)/models/base runs/$(PRESET)/models/base
+	@cd runs/$(PRESET) && python -m pipeline.preset presets/$(PRESET).yaml && dvc repro
+	@python scripts/sync_models.py --from runs/$(PRESET)
 
 test: setup system-deps
 	@$(BIN)/pytest -q

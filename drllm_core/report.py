@@ -321,6 +321,86 @@ def summary_markdown(evaluation: dict) -> str:
     return "\n".join([headline(evaluation), "", *lines]) + "\n"
 
 
+def models_markdown(runs: dict[str, dict]) -> str:
+    """docs/models.md: each model's run (model name -> its eval.json) side by side, then its own summary.
+    Every comparison is paired within a model, on that model's test questions."""
+
+    def paired(evaluation: dict, config: str, reference: str, set_name: str, agreement: bool = False) -> str:
+        c = next(
+            (
+                c
+                for c in evaluation["comparisons"]
+                if (c["config"], c["reference"], c["set"]) == (config, reference, set_name)
+            ),
+            None,
+        )
+        if c is None:
+            return "–"
+        key = "agreement_" if agreement else ""
+        low, high, p = c[f"{key}ci_low"], c[f"{key}ci_high"], c[f"{key}mcnemar_p"]
+        return f"{100 * c[f'{key}difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], p = {p:.3f}"
+
+    def vanilla(evaluation: dict, set_name: str, task: str) -> str:
+        row = next(
+            (
+                r
+                for r in evaluation["per_task"]
+                if (r["config"], r["set"], r["task"]) == ("vanilla", set_name, task)
+            ),
+            None,
+        )
+        if row is None:
+            return "–"
+        return f"{100 * row['accuracy']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}] (n {row['n']})"
+
+    def drllm(evaluation: dict, set_name: str) -> str:
+        row, layers = evaluation["configs"][f"drllm/{set_name}"], evaluation["num_layers"]
+        return (
+            f"{layers - row['blocks_per_token']:.2f} of {layers} saved; accuracy {100 * row['accuracy']:.1f}, "
+            f"agreement with vanilla {100 * row['agreement']:.1f}"
+        )
+
+    def reference_config(evaluation: dict, reference: str) -> str:
+        static = reference in ("best_static", "shortgpt_bi")  # compared at the budget Dr.LLM saves
+        return f"{reference}_{evaluation['static_budget']}" if static else reference
+
+    tasks = sorted(
+        {(r["set"], r["task"]) for e in runs.values() for r in e["per_task"] if r["config"] == "vanilla"},
+        key=lambda t: (t[0], t[1] != "all", t[1]),
+    )
+    rows: list[tuple[str, list[str]]] = [
+        (f"vanilla accuracy %, {s} {'(all)' if t == 'all' else t}", [vanilla(e, s, t) for e in runs.values()])
+        for s, t in tasks
+    ]
+    rows += [
+        (f"Dr.LLM per token, {s}", [drllm(e, s) for e in runs.values()]) for s in ("eval_id", "eval_ood")
+    ]
+    for reference in ("vanilla", "best_static", "shortgpt_bi", "routers_shuffled"):
+        for set_name in ("eval_id", "eval_ood"):
+            for agreement in (False, True) if reference != "vanilla" else (False,):
+                cells = [
+                    paired(e, "drllm", reference_config(e, reference), set_name, agreement)
+                    for e in runs.values()
+                ]
+                if any(cell != "–" for cell in cells):
+                    what = "agreement with vanilla" if agreement else "accuracy"
+                    rows.append((f"Dr.LLM − {reference}, {set_name}: {what}, points [paired 95% CI]", cells))
+    rows.append(
+        (
+            "open answers generated exactly as vanilla's, %",
+            [
+                f"{100 * e['generation']['open']['identical_share']:.1f} (n {e['generation']['open']['n']})"
+                for e in runs.values()
+            ],
+        )
+    )
+    lines = ["| | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    for name, evaluation in runs.items():
+        lines += ["", f"## {name}", "", summary_markdown(evaluation).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
 def fmt(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"

@@ -1,5 +1,6 @@
 """The documentation states only what the pipeline wrote: the README's results block is the report stage's
-summary of the committed metrics, every relative link resolves, every `make` target it names exists, and the
+summary of the committed metrics, docs/models.md is rendered from each model's committed metrics, every
+relative link resolves, every `make` target it names exists, and the
 README stays a front door (at most 250 lines)."""
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def _sync_readme():
-    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "scripts" / "sync_readme.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _sync_readme():
+    return _script("sync_readme")
 
 
 def test_the_readme_results_are_the_report_summary_of_the_committed_metrics():
@@ -29,6 +34,15 @@ def test_the_readme_results_are_the_report_summary_of_the_committed_metrics():
     assert summary == summary_markdown(json.loads((ROOT / "metrics" / "eval.json").read_text()))
     readme = (ROOT / "README.md").read_text()
     assert _sync_readme().with_summary(readme, summary) == readme, "run: python scripts/sync_readme.py"
+
+
+def test_the_models_page_is_rendered_from_each_models_committed_metrics():
+    models = _script("sync_models")
+    runs = models.runs()
+    assert len(runs) >= 2 and next(iter(runs)) == "smollm2-135m-instruct"  # the default first
+    page = (ROOT / "docs" / "models.md").read_text()
+    assert page == models.render(), "run: python scripts/sync_models.py"
+    assert all(f"## {name}" in page for name in runs)
 
 
 def test_sync_readme_refuses_a_readme_without_markers():
