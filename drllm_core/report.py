@@ -274,16 +274,26 @@ def verdict(comparison: dict) -> str:
 SUMMARY_CONFIGS = ("vanilla", "drllm", "best_static", "faithful_static", "shortgpt_bi", "random_skip")
 
 
+def at_budget(config: str, budget: int) -> str:
+    """A static baseline's configuration name at `budget` skipped layers; other configurations as named."""
+    return f"{config}_{budget}" if config.endswith(("static", "_bi")) else config
+
+
+def comparisons_by_key(evaluation: dict) -> dict[tuple[str, str, str], dict]:
+    """eval.json's paired comparisons by (config, reference, set)."""
+    return {(c["config"], c["reference"], c["set"]): c for c in evaluation["comparisons"]}
+
+
+def interval(low: float, high: float) -> str:
+    """A paired interval of a difference of shares, in points."""
+    return f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def summary_markdown(evaluation: dict) -> str:
     """reports/summary.md, which the README includes: the headline configurations in percent (the static
     baselines at the budget Dr.LLM is compared at), and Dr.LLM against each on the same questions."""
-    budget = evaluation["static_budget"]
-    wanted = [f"{c}_{budget}" if c.endswith(("static", "_bi")) else c for c in SUMMARY_CONFIGS]
-    versus = {(c["config"], c["reference"], c["set"]): c for c in evaluation["comparisons"]}
-
-    def interval(low: float, high: float) -> str:
-        return f"[{100 * low:+.1f}, {100 * high:+.1f}]"
-
+    wanted = [at_budget(c, evaluation["static_budget"]) for c in SUMMARY_CONFIGS]
+    versus = comparisons_by_key(evaluation)
     lines = [
         "| configuration | set | n | accuracy % [95% CI] | agrees with vanilla % | blocks saved / token "
         "| vs vanilla, points [paired 95% CI] |",
@@ -325,20 +335,17 @@ def models_markdown(runs: dict[str, dict]) -> str:
     """docs/models.md: each model's run (model name -> its eval.json) side by side, then its own summary.
     Every comparison is paired within a model, on that model's test questions."""
 
-    def paired(evaluation: dict, config: str, reference: str, set_name: str, agreement: bool = False) -> str:
-        c = next(
-            (
-                c
-                for c in evaluation["comparisons"]
-                if (c["config"], c["reference"], c["set"]) == (config, reference, set_name)
-            ),
-            None,
+    def paired(evaluation: dict, reference: str, set_name: str, agreement: bool) -> str:
+        c = comparisons_by_key(evaluation).get(
+            ("drllm", at_budget(reference, evaluation["static_budget"]), set_name)
         )
         if c is None:
             return "–"
         key = "agreement_" if agreement else ""
-        low, high, p = c[f"{key}ci_low"], c[f"{key}ci_high"], c[f"{key}mcnemar_p"]
-        return f"{100 * c[f'{key}difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], p = {p:.3f}"
+        return (
+            f"{100 * c[f'{key}difference']:+.1f} {interval(c[f'{key}ci_low'], c[f'{key}ci_high'])}, "
+            f"p = {c[f'{key}mcnemar_p']:.3f}"
+        )
 
     def vanilla(evaluation: dict, set_name: str, task: str) -> str:
         row = next(
@@ -360,10 +367,6 @@ def models_markdown(runs: dict[str, dict]) -> str:
             f"agreement with vanilla {100 * row['agreement']:.1f}"
         )
 
-    def reference_config(evaluation: dict, reference: str) -> str:
-        static = reference in ("best_static", "shortgpt_bi")  # compared at the budget Dr.LLM saves
-        return f"{reference}_{evaluation['static_budget']}" if static else reference
-
     tasks = sorted(
         {(r["set"], r["task"]) for e in runs.values() for r in e["per_task"] if r["config"] == "vanilla"},
         key=lambda t: (t[0], t[1] != "all", t[1]),
@@ -378,10 +381,7 @@ def models_markdown(runs: dict[str, dict]) -> str:
     for reference in ("vanilla", "best_static", "shortgpt_bi", "routers_shuffled"):
         for set_name in ("eval_id", "eval_ood"):
             for agreement in (False, True) if reference != "vanilla" else (False,):
-                cells = [
-                    paired(e, "drllm", reference_config(e, reference), set_name, agreement)
-                    for e in runs.values()
-                ]
+                cells = [paired(e, reference, set_name, agreement) for e in runs.values()]
                 if any(cell != "–" for cell in cells):
                     what = "agreement with vanilla" if agreement else "accuracy"
                     rows.append((f"Dr.LLM − {reference}, {set_name}: {what}, points [paired 95% CI]", cells))
