@@ -1,7 +1,7 @@
-"""The documentation states only what the pipeline wrote: the README's results block is the report stage's
-summary of the committed metrics, docs/models.md is rendered from each model's committed metrics, every
-relative link resolves, every `make` target it names exists, and the
-README stays a front door (at most 250 lines)."""
+"""The documentation states only what the pipeline and the benchmarks wrote: the README's results block is
+the report stage's summary of the committed metrics, docs/models.md is rendered from each model's committed
+metrics, docs/benchmarks.md from the published benchmark records, every relative link resolves, every `make`
+target it names exists, and the README stays a front door (at most 250 lines)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,42 @@ def test_the_models_page_is_rendered_from_each_models_committed_metrics():
     page = (ROOT / "docs" / "models.md").read_text()
     assert page == models.render(), "run: python scripts/sync_models.py"
     assert all(f"## {name}" in page for name in runs)
+
+
+def test_the_benchmarks_page_is_rendered_from_the_published_records():
+    benchmarks = _script("sync_benchmarks")
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert page == benchmarks.render(page, benchmarks.records()), "run: python scripts/sync_benchmarks.py"
+
+
+def test_a_benchmark_block_and_its_record_come_together():
+    benchmarks = _script("sync_benchmarks")
+    record = {
+        "commit": "abc1234",
+        "machine": {"platform": "p", "cpu_count": 2, "torch_threads": 2, "torch": "t"},
+        "args": {"repeats": 3, "model": None},
+        "rows": [{"batch": 1, "saving_pct": 12.345}],
+    }
+    page = "# Benchmarks\n<!-- benchmark:engine -->\nold figures\n<!-- /benchmark -->\nprose\n"
+    rendered = benchmarks.render(page, {"engine": record})
+    assert "old figures" not in rendered and rendered.endswith("<!-- /benchmark -->\nprose\n")
+    assert "`python -m benchmarks.engine --repeats 3` at commit abc1234" in rendered
+    assert "| batch | saving_pct |\n|---|---|\n| 1 | 12.3 |" in rendered
+    with pytest.raises(ValueError, match="does not hold"):
+        benchmarks.render(page, {})
+    with pytest.raises(ValueError, match="no `<!-- benchmark:NAME -->` block .*'scale'"):
+        benchmarks.render(page, {"engine": record, "scale": record})
+
+
+def test_only_runs_of_committed_code_are_published(tmp_path):
+    benchmarks = _script("sync_benchmarks")
+    result = tmp_path / "engine.json"
+    for commit in ("abc1234+dirty", None):
+        result.write_text(json.dumps({"commit": commit}))
+        with pytest.raises(ValueError, match="commit the code, rerun the benchmark"):
+            benchmarks.publish(result, tmp_path / "published")
+    result.write_text(json.dumps({"commit": "abc1234"}))
+    assert json.loads(benchmarks.publish(result, tmp_path / "published").read_text()) == {"commit": "abc1234"}
 
 
 def test_sync_readme_refuses_a_readme_without_markers():
