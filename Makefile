@@ -41,7 +41,7 @@ repro-preset: setup
 	@python scripts/sync_models.py --from runs/$(PRESET)
 
 test: setup system-deps
-	@$(BIN)/pytest -q
+	@$(BIN)/pytest -q --durations=10  # the slowest tests, to keep the suite fast
 
 test-unit: setup
 	@$(BIN)/pytest -q tests/unit
