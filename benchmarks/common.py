@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from drllm_core import io
+from drllm_core.report import columns_of
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -65,9 +66,7 @@ class TimedRouting:
 
 
 def print_table(title: str, rows: list[dict]) -> None:
-    columns = list(
-        dict.fromkeys(c for row in rows for c in row)
-    )  # rows may differ: blanks where a row has none
+    columns = columns_of(rows)  # rows may differ: blanks where a row has none
     cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print(f"\n{title}")

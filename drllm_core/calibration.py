@@ -13,15 +13,18 @@ from drllm_core.evaluation import Configuration, EvaluationRunner, summarize
 from drllm_core.paths import LayerPath
 from drllm_core.prepare import sample
 from drllm_core.routing import check_knob
+from drllm_core.search_runner import SearchSettings
 from drllm_core.tasks.schema import Example
 
 log = logging.getLogger(__name__)
 
 
-def held_out_search_questions(search_set: Sequence[Example], search: dict, count: int) -> list[Example]:
-    """`count` search-set questions the search did not use (its `max_examples` sample by `seed`): labels
-    never saw them, so the knob is chosen on them (and label rules are compared on them)."""
-    searched = {e.example_id for e in sample(search_set, search.get("max_examples"), search.get("seed", 0))}
+def held_out_search_questions(
+    search_set: Sequence[Example], search: SearchSettings, count: int
+) -> list[Example]:
+    """`count` search-set questions the search did not use (its `max_examples` sample by `seed`, read as the
+    search stage reads them): labels never saw them, so the knob is chosen on them."""
+    searched = {e.example_id for e in sample(search_set, search.max_examples, search.search.seed)}
     return sample([e for e in search_set if e.example_id not in searched], count, 1)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from drllm_core.errors import ConfigError, typed
 from drllm_core.paths import PAPER_CONSTRAINTS, LayerPath, PathConstraints, longest_skip_run
 
 REQUIRED = {
@@ -33,6 +34,46 @@ class ShareBounds:
 
     warn: tuple[float, float]
     fail: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    """params.yaml's `validate` section, checked before any work: `shares` bounds the skip and repeat shares
+    (execute is what remains), each a `warn` and a `fail` range within [0, 1]."""
+
+    min_examples: int
+    shares: dict[str, ShareBounds]
+
+    @classmethod
+    def from_params(cls, params: dict) -> ValidateSettings:
+        if not isinstance(params, dict) or set(params) != {"min_examples", "shares"}:
+            raise ConfigError(
+                f"params.yaml `validate` needs exactly the keys min_examples and shares, got {params!r}"
+            )
+        min_examples = typed(params["min_examples"], int, "validate.min_examples")
+        if min_examples < 1:
+            raise ConfigError(f"validate.min_examples must be at least 1, got {min_examples}")
+        shares = params["shares"] or {}
+        if not isinstance(shares, dict) or not set(shares) <= {"skip", "repeat"}:
+            raise ConfigError(f"validate.shares bounds the classes skip and repeat only, got {shares!r}")
+        return cls(min_examples, {kind: _bounds(kind, bounds) for kind, bounds in shares.items()})
+
+
+def _bounds(kind: str, bounds) -> ShareBounds:
+    where = f"validate.shares.{kind}"
+    if not isinstance(bounds, dict) or set(bounds) != {"warn", "fail"}:
+        raise ConfigError(
+            f"{where} needs a warn and a fail range, e.g. {{warn: [0.05, 0.35], fail: [0, 0.6]}}"
+        )
+    ranges = {}
+    for level, pair in bounds.items():
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise ConfigError(f"{where}.{level} must be a [low, high] pair of shares, got {pair!r}")
+        low, high = (typed(v, float, f"{where}.{level}") for v in pair)
+        if not 0 <= low <= high <= 1:
+            raise ConfigError(f"{where}.{level} must be 0 <= low <= high <= 1, got {pair!r}")
+        ranges[level] = (low, high)
+    return ShareBounds(ranges["warn"], ranges["fail"])
 
 
 @dataclass

@@ -411,10 +411,15 @@ def fmt(value) -> str:
     return str(value)
 
 
+def columns_of(rows: list[dict]) -> list[str]:
+    """Every row's keys in first-seen order: rows may differ (a set without a reference has no score)."""
+    return list(dict.fromkeys(c for row in rows for c in row))
+
+
 def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return "_none_\n"
-    columns = list(rows[0])
+    columns = columns_of(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -423,7 +428,7 @@ def markdown_table(rows: list[dict]) -> str:
 def html_table(rows: list[dict], table_id: str) -> str:
     if not rows:
         return "<p><em>none</em></p>"
-    columns = list(rows[0])
+    columns = columns_of(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
         "<tr>"

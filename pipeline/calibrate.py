@@ -28,6 +28,7 @@ from drllm_core.provenance import code_version
 from drllm_core.routers import RouterSet
 from drllm_core.routing import routers_hash
 from drllm_core.runtime import Runtime
+from drllm_core.search_runner import SearchSettings
 from drllm_core.tasks.schema import examples_from_frame
 from pipeline.common import load_params, log, parser, run, section
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> None:
     params = load_params(args.params)
     settings = CalibrateSettings.from_params(section(params, "calibrate"))
-    search = section(params, "search")
+    search = SearchSettings.from_params(section(params, "search"), "singles")  # any strategy samples alike
     args.routers = args.routers or f"models/routers/{settings.routers}"
     tracking.configure()
     routers = RouterSet.load(args.routers)

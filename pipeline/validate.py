@@ -17,7 +17,13 @@ import pandas as pd
 
 from drllm_core import io, tracking
 from drllm_core.errors import DrllmError
-from drllm_core.label_checks import ShareBounds, derived_columns, render_html, run_suite, summarize_checks
+from drllm_core.label_checks import (
+    ValidateSettings,
+    derived_columns,
+    render_html,
+    run_suite,
+    summarize_checks,
+)
 from drllm_core.models import ModelSpec, load_config
 from drllm_core.paths import PathConstraints
 from pipeline.common import load_params, log, parser, run, section
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> None:
     params = load_params(args.params)
-    settings = section(params, "validate")
+    settings = ValidateSettings.from_params(section(params, "validate"))
     strategy = Path(args.paths).name
     tracking.configure()
     num_layers = load_config(ModelSpec.from_params(section(params, "model"))).num_hidden_layers
@@ -51,10 +57,9 @@ def _main(args) -> None:
     prepared = Path(args.prepared)
     search = pd.read_parquet(prepared / "search.parquet")
     evaluation = [pd.read_parquet(prepared / f"{name}.parquet") for name in ("eval_id", "eval_ood")]
-    shares = {kind: ShareBounds(tuple(b["warn"]), tuple(b["fail"])) for kind, b in settings["shares"].items()}
     frame = derived_columns(paths, search, evaluation)
     constraints = PathConstraints.from_params(section(params, "search"))
-    checks = run_suite(frame, num_layers, int(settings["min_examples"]), shares, constraints)
+    checks = run_suite(frame, num_layers, settings.min_examples, settings.shares, constraints)
     summary = summarize_checks(strategy, paths, frame, checks)
     out = Path(args.out)
     io.write_json(out / "result.json", {**summary, "checks": [c.__dict__ for c in checks]})
@@ -63,7 +68,11 @@ def _main(args) -> None:
         if not check.success and check.level == "warn":
             log.warning("warning: %s", check.message())
     tracking.log_stage(
-        "validate", {"validate": settings}, summary, {"drllm.strategy": strategy}, name=f"validate-{strategy}"
+        "validate",
+        {"validate": section(params, "validate")},
+        summary,
+        {"drllm.strategy": strategy},
+        name=f"validate-{strategy}",
     )
     failed = [c for c in checks if not c.success and c.level == "fail"]
     if failed:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from drllm_core import io
+from drllm_core.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "results" / "benchmarks"
@@ -53,21 +54,6 @@ def command(name: str, record: dict) -> str:
     return f"python -m benchmarks.{module} {args}".rstrip()
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list):
-        return " / ".join(map(_cell, value))
-    return str(value)
-
-
-def table(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(c for row in rows for c in row))  # rows may differ: blank cells
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def render_record(name: str, record: dict) -> str:
     machine = record["machine"]
     parts = [
@@ -78,7 +64,7 @@ def render_record(name: str, record: dict) -> str:
     ]
     for key, rows in record.items():
         if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-            parts.append(f"\n*{key.replace('_', ' ')}*\n\n{table(rows)}")
+            parts.append(f"\n*{key.replace('_', ' ')}*\n\n{markdown_table(rows)}")
     return "".join(parts)
 
 

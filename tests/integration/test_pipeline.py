@@ -189,7 +189,9 @@ def test_report_renders_in_headless_chromium_with_the_evaluate_metrics(pipeline)
     work, _, _ = pipeline
     chromium = shutil.which("chromium")
     if chromium is None:
-        pytest.fail("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+        pytest.fail(
+            "Debian's chromium is not installed: run make test (scripts/system-deps.sh installs it) or apt-get install chromium"
+        )
     from playwright.sync_api import sync_playwright
 
     evaluation = json.loads((work / "metrics/eval.json").read_text())

@@ -4,6 +4,8 @@ and from a stage `error: ...` with exit status 1 and no traceback."""
 import re
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from drllm_core import io
 from drllm_core.errors import ConfigError
@@ -178,3 +180,35 @@ def test_register_refuses_a_router_folder_that_could_not_serve(tmp_path, routing
     )
     assert done.returncode == 1 and re.search(message, done.stderr), done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_train_refuses_features_pooled_into_other_windows(tmp_path):
+    features = tmp_path / "features"
+    features.mkdir()
+    save_file({"labels": torch.ones(2, 6, dtype=torch.long)}, features / "features.safetensors")
+    io.write_json(features / "meta.json", {"windows": 8})
+    io.write_json(
+        tmp_path / "params.json", {"train": {"windows": 16, "routers": {"costs": {}}}, "search": {}}
+    )
+    done = run_stage(
+        "train",
+        *("--params", tmp_path / "params.json", "--features", features, "--paths", tmp_path),
+        *("--out", tmp_path / "r", "--metrics", tmp_path / "m.json", "--plots", tmp_path / "plots"),
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "train.windows is 16 but the features" in done.stderr and "pooled into 8 windows" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_stage_whose_mlflow_store_cannot_be_reached_stops_before_it_works(tmp_path, monkeypatch):
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
+    io.write_json(tmp_path / "params.json", {"search": {}, "calibrate": {"knob": 0.1}})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # nothing listens there
+    done = run_stage(
+        "calibrate",
+        *("--params", tmp_path / "params.json", "--routers", tmp_path / "r", "--out", tmp_path / "drllm"),
+        *("--metrics", tmp_path / "calibration.json"),
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cannot reach the MLflow store http://127.0.0.1:1" in done.stderr
+    assert not (tmp_path / "drllm").exists() and not (tmp_path / "calibration.json").exists()

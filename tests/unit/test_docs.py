@@ -57,13 +57,13 @@ def test_a_benchmark_block_and_its_record_come_together():
         "commit": "abc1234",
         "machine": {"platform": "p", "cpu_count": 2, "torch_threads": 2, "torch": "t"},
         "args": {"repeats": 3, "model": None},
-        "rows": [{"batch": 1, "saving_pct": 12.345}],
+        "rows": [{"batch": 1, "saving_pct": 12.5}],
     }
     page = "# Benchmarks\n<!-- benchmark:engine -->\nold figures\n<!-- /benchmark -->\nprose\n"
     rendered = benchmarks.render(page, {"engine": record})
     assert "old figures" not in rendered and rendered.endswith("<!-- /benchmark -->\nprose\n")
     assert "`python -m benchmarks.engine --repeats 3` at commit abc1234" in rendered
-    assert "| batch | saving_pct |\n|---|---|\n| 1 | 12.3 |" in rendered
+    assert "| batch | saving_pct |\n|---|---|\n| 1 | 12.50 |" in rendered
     with pytest.raises(ValueError, match="does not hold"):
         benchmarks.render(page, {})
     with pytest.raises(ValueError, match="no `<!-- benchmark:NAME -->` block .*'scale'"):

@@ -8,24 +8,30 @@ import torch
 
 from drllm_core import io
 from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
-from drllm_core.calibration import calibrate_knob, choose_knob_from
+from drllm_core.calibration import calibrate_knob, choose_knob_from, held_out_search_questions
 from drllm_core.engine import PathEngine
 from drllm_core.errors import DrllmError
 from drllm_core.evaluation import (
     Configuration,
     EvaluationRunner,
+    _common_prefix,
     compare,
+    generation_check,
     headline,
     result_rows,
     summarize,
 )
+from drllm_core.inference import RoutedModel
 from drllm_core.models import weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
-from drllm_core.report import summary_markdown
+from drllm_core.prepare import sample
+from drllm_core.report import markdown_table, summary_markdown
 from drllm_core.rewards import PathRewards
 from drllm_core.routers import RouterSet
 from drllm_core.routing import RouterConfig, Routing, read_router_config, routers_hash
+from drllm_core.search_runner import SearchSettings
 from drllm_core.stats import paired_comparison, wilson_interval
+from drllm_core.tasks.registry import get_task
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scorer import ExampleScorer
 from tests.conftest import run_stage, tiny_cost_routers, tiny_loaded
@@ -107,6 +113,22 @@ def test_knob_choice_meets_the_compute_target_with_the_least_skipping():
     assert choose_knob_from(table, 1.0) == 0.12  # not 0.0, the most accurate by a noisy 0.4 points
     assert choose_knob_from(table, 0.5) == 0.14
     assert choose_knob_from(table, 5.0) == 0.0  # nothing saves enough: the one saving the most
+
+
+def test_the_knob_is_calibrated_on_search_questions_the_search_did_not_use():
+    questions = [Example(f"arc_easy/q{i}", "arc_easy", f"q{i}?", ["a", "b"], 0).check() for i in range(10)]
+
+    def held_out(search):
+        return [
+            e.example_id
+            for e in held_out_search_questions(questions, SearchSettings.from_params(search, "singles"), 10)
+        ]
+
+    chosen = held_out({"max_examples": 4, "seed": 0})
+    searched = {e.example_id for e in sample(questions, 4, 0)}  # what the search stage searches
+    assert len(chosen) == 6 and not searched & set(chosen)
+    assert held_out({"max_examples": "4", "seed": 0.0}) == chosen  # numbers read as the search reads them
+    assert held_out({"max_examples": None}) == []
 
 
 def test_knob_calibration_scores_every_grid_value(tmp_path):
@@ -217,9 +239,9 @@ def test_the_calibrate_stage_writes_the_calibrated_folder_and_refuses_bad_knobs(
     RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "r")
     pd.DataFrame([dataclasses.asdict(e) for e in EXAMPLES]).to_parquet(tmp_path / "search.parquet")
 
-    def calibrate(knob, grid=(0.0, 0.1)):
+    def calibrate(knob, grid=(0.0, 0.1), search=None):
         settings = {"knob": knob, "examples": 10, "grid": list(grid)}
-        params = {"search": {"max_examples": None, "seed": 0}, "calibrate": settings}
+        params = {"search": search or {"max_examples": None, "seed": 0}, "calibrate": settings}
         io.write_json(tmp_path / "params.json", params)  # JSON is YAML
         return run_stage(
             "calibrate",
@@ -233,6 +255,8 @@ def test_the_calibrate_stage_writes_the_calibrated_folder_and_refuses_bad_knobs(
         and "calibrate.knob (auto, or a number) must be a number in [-1, 1], got 1.5" in out_of_range.stderr
     )
     assert "got 'atuo'" in calibrate("atuo").stderr
+    bad_search = calibrate("auto", search={"max_examples": -1})  # read as the search stage reads it
+    assert bad_search.returncode == 1 and "search.max_examples must be at least 1" in bad_search.stderr
     assert "calibrate.grid is empty" in calibrate("auto", grid=()).stderr
     assert "calibrate.grid must be a number in [-1, 1], got 2" in calibrate("auto", grid=(0.0, 2)).stderr
     nothing_held_out = calibrate("auto")  # the search used every search question
@@ -359,3 +383,43 @@ def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_pair
         "| best_static_2 | eval_id | -10.0 [-30.0, +10.0] | 0.500 | within noise | +5.0 [-5.0, +15.0] | 0.300 |"
         in summary
     )
+
+
+def _generation_figures(bias: list[float]):
+    """generation_check on tiny_loaded with routers whose every layer wants `bias` (skip, execute, repeat)."""
+    loaded = tiny_loaded()
+    routers = RouterSet(RouterConfig(6, 64, 8, 4, base_fingerprint=weights_fingerprint(loaded.model)))
+    with torch.no_grad():
+        for router in routers.routers:
+            router.out.bias.copy_(torch.tensor(bias))
+    scorer = ExampleScorer(
+        PathEngine(loaded.model), loaded.tokenizer, {"gsm8k": {"scorer": "math", "max_new_tokens": 4}}
+    )
+    questions = [
+        Example(f"q{i}", "arc_easy", text, ["a", "b"], 0).check() for i, text in enumerate(["Hi", "Why?"])
+    ]
+    problem = get_task("gsm8k").convert({"question": "2+2?", "answer": "2+2=4\n#### 4", "_row": 0}).check()
+    return generation_check(RoutedModel(loaded, routers), scorer, questions, [problem], max_new_tokens=4)
+
+
+def test_generation_is_measured_against_vanilla_greedy_output():
+    figures, rows = _generation_figures([0.0, 10.0, 0.0])  # routers that execute every layer: vanilla
+    assert [r["set"] for r in rows] == ["open", "open", "math"]
+    for part in figures.values():
+        assert part["identical_share"] == 1.0 and part["blocks_saved"] == 0.0
+    assert 0 < figures["open"]["mean_tokens_to_divergence"] <= 4  # the whole continuation is shared
+    assert figures["math"]["n"] == 1 and figures["math"]["vanilla_score"] == figures["math"]["drllm_score"]
+    assert "vanilla_score" not in figures["open"]  # open questions have no reference answer
+    table = markdown_table([{"prompts": name, **f} for name, f in figures.items()])
+    assert table.splitlines()[0].endswith("| vanilla_score | drllm_score |")  # the math row's columns too
+
+    figures, rows = _generation_figures([10.0, 0.0, 0.0])  # skips, forced back after runs of 2
+    assert figures["open"]["blocks_saved"] == figures["math"]["blocks_saved"] == 4.0
+    assert all(0 <= r["tokens_to_divergence"] <= 4 for r in rows)
+    assert all(r["tokens_to_divergence"] < 4 for r in rows if not r["identical"])
+
+
+def test_tokens_to_divergence_counts_the_shared_prefix():
+    assert _common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert _common_prefix([1, 2], [1, 2, 3]) == 2  # one is a prefix of the other
+    assert _common_prefix([5], [6]) == 0

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from drllm_core.label_checks import ShareBounds, derived_columns, run_suite
+from drllm_core.errors import ConfigError
+from drllm_core.label_checks import ShareBounds, ValidateSettings, derived_columns, run_suite
 from drllm_core.paths import PAPER_CONSTRAINTS, LayerPath, PathConstraints
 from drllm_core.tasks.schema import question_hash
 from tests.conftest import run_stage
@@ -142,6 +143,33 @@ def test_class_shares_warn_before_they_fail():
     results = {r.name: r for r in _check(paths)}
     assert not results["skip share (warn)"].success and results["skip share (fail)"].success
     assert results["skip share (warn)"].observed == pytest.approx(1 / 3)
+
+
+def test_the_validate_section_is_checked_before_any_work():
+    section = {"min_examples": "50", "shares": {"skip": {"warn": [0.05, 0.35], "fail": [0, "0.6"]}}}
+    assert ValidateSettings.from_params(section) == ValidateSettings(
+        50, {"skip": ShareBounds((0.05, 0.35), (0.0, 0.6))}
+    )
+    bad = {
+        "min_exmples": ("exactly the keys", {"min_exmples": 50, "shares": {}}),
+        "whole": ("validate.min_examples` must be a whole number", {**section, "min_examples": 1.9}),
+        "text": ("must be a whole number", {**section, "min_examples": "abc"}),
+        "zero": ("at least 1", {**section, "min_examples": 0}),
+        "class": ("skip and repeat only", {**section, "shares": {"skp": {"warn": [0, 1], "fail": [0, 1]}}}),
+        "level": ("a warn and a fail range", {**section, "shares": {"skip": {"warn": [0, 1]}}}),
+        "pair": ("pair of shares", {**section, "shares": {"skip": {"warn": [0.5], "fail": [0, 1]}}}),
+        "order": (
+            "0 <= low <= high <= 1",
+            {**section, "shares": {"skip": {"warn": [0.5, 0.1], "fail": [0, 1]}}},
+        ),
+        "range": (
+            "0 <= low <= high <= 1",
+            {**section, "shares": {"skip": {"warn": [0, 1], "fail": [0, 1.5]}}},
+        ),
+    }
+    for message, params in bad.values():
+        with pytest.raises(ConfigError, match=message):
+            ValidateSettings.from_params(params)
 
 
 def test_stage_exits_non_zero_and_names_failures(tmp_path):
