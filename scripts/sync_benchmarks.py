@@ -3,7 +3,7 @@
 A benchmark writes benchmarks/results/<name>.json (git-ignored: smoke runs overwrite it). A run worth
 publishing is copied into results/benchmarks/ (committed), and docs/benchmarks.md shows it in the block
 `<!-- benchmark:<name> -->` ... `<!-- /benchmark -->`, with the command, commit and machine it ran on:
-    python scripts/sync_benchmarks.py --from benchmarks/results/scale.json   # publish, then render
+    python scripts/sync_benchmarks.py --from benchmarks/results/scale.json   # publish (several at once), render
     python scripts/sync_benchmarks.py                                        # render what is committed
 Only runs of committed code are published. tests/unit/test_docs.py fails while the page differs.
 """
@@ -85,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--from", dest="result", type=Path, help="a benchmark result to publish first")
+    parser.add_argument(
+        "--from", dest="results", type=Path, nargs="+", default=[], help="benchmark results to publish first"
+    )
     args = parser.parse_args(argv)
     try:
-        if args.result:
-            print(f"published {publish(args.result).relative_to(ROOT)}")
+        for result in args.results:
+            print(f"published {publish(result).relative_to(ROOT)}")
         io.write_text(PAGE, render(PAGE.read_text(), records()))
     except (FileNotFoundError, ValueError) as error:  # JSONDecodeError is a ValueError
         print(f"error: {error}", file=sys.stderr)
