@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> None:
     params = load_params(args.params)
-    settings = ValidateSettings.from_params(section(params, "validate"))
+    raw = section(params, "validate")
+    settings = ValidateSettings.from_params(raw)
     strategy = Path(args.paths).name
     tracking.configure()
     num_layers = load_config(ModelSpec.from_params(section(params, "model"))).num_hidden_layers
@@ -69,7 +70,7 @@ def _main(args) -> None:
             log.warning("warning: %s", check.message())
     tracking.log_stage(
         "validate",
-        {"validate": section(params, "validate")},
+        {"validate": raw},
         summary,
         {"drllm.strategy": strategy},
         name=f"validate-{strategy}",

@@ -11,7 +11,6 @@ Only runs of committed code are published. tests/unit/test_docs.py fails while t
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
@@ -27,12 +26,12 @@ BLOCK = re.compile(r"(<!-- benchmark:([\w.-]+) -->\n)(.*?)(<!-- /benchmark -->)"
 
 
 def records(folder: Path = RECORDS) -> dict[str, dict]:
-    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    return {path.stem: io.read_json(path) for path in sorted(folder.glob("*.json"))}
 
 
 def publish(result: Path, folder: Path = RECORDS) -> Path:
     """Copy a benchmark's result file into the published records, refusing runs no commit reproduces."""
-    record = json.loads(result.read_text())
+    record = io.read_json(result)
     commit = record.get("commit")
     if not commit or commit.endswith("+dirty"):
         raise ValueError(

@@ -15,8 +15,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
 from drllm_core import io
 from drllm_core.models import EMBEDDED_MODELS
 from drllm_core.report import models_markdown
@@ -37,10 +35,10 @@ questions (its `presets/*.yaml` says which), and `n` says how many each figure c
 
 def runs(root: Path = ROOT) -> dict[str, dict]:
     """Model name -> eval.json: the default first, then every results/<model>/ in name order."""
-    spec = yaml.safe_load((root / "params.yaml").read_text())["model"]["spec"]
-    found = {spec.removeprefix("embedded:"): json.loads((root / "metrics" / "eval.json").read_text())}
+    spec = io.read_yaml(root / "params.yaml")["model"]["spec"]
+    found = {spec.removeprefix("embedded:"): io.read_json(root / "metrics" / "eval.json")}
     for folder in sorted((root / "results").glob("*/eval.json")):
-        found[folder.parent.name] = json.loads(folder.read_text())
+        found[folder.parent.name] = io.read_json(folder)
     return found
 
 
@@ -60,7 +58,7 @@ def snapshot(workspace: Path) -> Path:
         raise FileNotFoundError(
             f"{workspace} has no finished run: {', '.join(map(str, missing))} missing (run `dvc repro` there)"
         )
-    target = RESULTS / json.loads(config.read_text())["base_model_name"]
+    target = RESULTS / io.read_json(config)["base_model_name"]
     target.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         shutil.copy(workspace / name, target / Path(name).name)
