@@ -10,6 +10,7 @@ random_skip   per question, a random valid path with a given number of skipped l
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,13 +67,16 @@ def static_paths(
     budgets: Sequence[int],
     constraints: PathConstraints,
     keep: int = 10,
+    known: dict[str, dict[LayerPath, Sequence[float]]] | None = None,
 ) -> tuple[dict[str, dict[int, LayerPath]], list[dict]]:
     """Greedy static paths for each criterion of CRITERIA and each number of skipped layers in `budgets`:
     the first skip is the best single skip of every layer; each later one adds, to the path so far, the best
     skip among the `keep` layers that were best alone (a bounded search: the first round ranks all layers).
-    One forward per example and round scores the candidates of every criterion together (prefixes shared).
-    Returns the paths and a trace of each step."""
+    One forward per example and round scores the candidates of every criterion together (prefixes shared);
+    paths in `known` (per example id: path -> choice scores, e.g. the search's single skips) and paths
+    scored in earlier rounds cost nothing. Returns the paths and a trace of each step, with its cost."""
     layers = scorer.engine.num_layers
+    scored = {e.example_id: dict((known or {}).get(e.example_id, {})) for e in examples}
     current = {name: LayerPath.default(layers) for name in CRITERIA}
     chosen: dict[str, dict[int, LayerPath]] = {name: {} for name in CRITERIA}
     shortlist: dict[str, list[int]] = {}
@@ -90,7 +94,14 @@ def static_paths(
         every = list(dict.fromkeys(p for paths in candidates.values() for p in paths))
         if not every:
             break
-        outcomes = [PathRewards(scorer, example, reward="faithful")(every) for example in examples]
+        start, rows = time.perf_counter(), scorer.engine.counter.rows
+        outcomes = []
+        for example in examples:
+            rewards = PathRewards(scorer, example, reward="faithful")
+            rewards.seed(scored[example.example_id])
+            outcomes.append(rewards(every))
+            scored[example.example_id] |= {p: o.scores for p, o in rewards.memo.items() if o.scores}
+        cost = {"seconds": time.perf_counter() - start, "block_rows": scorer.engine.counter.rows - rows}
         tally = {  # per criterion and path: (questions kept, summed margin) over the examples
             field: {
                 path: (
@@ -116,6 +127,7 @@ def static_paths(
                     "path": str(ranked[0]),
                     "kept": kept,
                     "examples": len(examples),
+                    **cost,  # the round's, shared by the criteria
                 }
             )
             log.info(

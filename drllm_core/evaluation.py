@@ -26,7 +26,7 @@ from drllm_core import tracking
 from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.engine import HiddenState, token_batch
-from drllm_core.errors import ConfigError, config_from, typed
+from drllm_core.errors import ConfigError, DrllmError, config_from, typed
 from drllm_core.inference import RoutedModel
 from drllm_core.models import LoadedModel, weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
@@ -383,10 +383,10 @@ class EvaluateSettings:
     knob_sweep: tuple[float, ...] = ()  # Dr.LLM at other knobs, in-domain (the accuracy/compute trade-off)
     other_routers: tuple[str, ...] = ()  # router sets of train.routers compared in-domain at Dr.LLM's knob
     static_budgets: tuple[int, ...] = (1, 2, 3)  # skipped layers of the static baselines
-    static_examples: int = 96  # labelled search questions that choose the static baselines
+    static_examples: int | None = (
+        None  # labelled search questions that choose the static baselines (None: all)
+    )
     seed: int = 0
-    speed_prompts: int = 4  # the routed-vs-vanilla generation smoke check
-    speed_tokens: int = 32
     generation_questions: int = 40  # in-domain questions asked open: routed generation against vanilla's
     generation_tokens: int = 48
 
@@ -409,10 +409,47 @@ class EvaluateSettings:
             )
         values |= {"knob_sweep": sweep, "other_routers": other, "static_budgets": tuple(sorted(set(budgets)))}
         settings = config_from(cls, "evaluate", values)
-        for name in ("static_examples", "speed_prompts", "speed_tokens", "generation_tokens"):
-            if getattr(settings, name) < 1:
+        for name in ("static_examples", "generation_questions", "generation_tokens"):
+            if getattr(settings, name) is not None and getattr(settings, name) < 1:
                 raise ConfigError(f"evaluate.{name} must be at least 1, got {getattr(settings, name)}")
         return settings
+
+
+def router_folders(root: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """The folder of each named router set under `root` (evaluate.other_routers), each checked whole before any
+    model loads."""
+    folders = {name: str(Path(root) / name) for name in names}
+    for name, folder in folders.items():
+        if not (Path(folder) / "config.json").is_file():
+            raise ConfigError(
+                f"evaluate.other_routers names {name!r}, but {folder} holds no router set: each must be a router "
+                "set of train.routers"
+            )
+        read_router_config(folder)
+    return folders
+
+
+def check_prompt_format(folders: Sequence[str], task_params: dict, tasks: Sequence[str]) -> None:
+    """Every router folder routes the evaluated tasks prompted as params.yaml's `tasks` says, which vanilla and
+    the baselines are scored with: a router set trained on other prompts would be compared unpaired."""
+    for folder in folders:
+        trained = read_router_config(folder).routing.tasks
+        differing = sorted(t for t in set(tasks) if settings_for(t, trained) != settings_for(t, task_params))
+        if differing:
+            raise ConfigError(
+                f"the routers in {folder} were trained on prompts formatted otherwise than params.yaml `tasks` "
+                f"formats {differing}: run `dvc repro` (features, train and calibrate rerun on the new format)"
+            )
+
+
+def labels_folder(routers: str | Path, paths: str | Path) -> Path:
+    """The search output (under `paths`) the router set in `routers` learned from: the oracle's source."""
+    strategy = read_router_config(routers).provenance.get("search", {}).get("strategy")
+    if strategy is None:
+        raise DrllmError(
+            f"{routers} does not record the search its labels came from: retrain it (dvc repro train)"
+        )
+    return Path(paths) / strategy
 
 
 @dataclass
@@ -424,6 +461,7 @@ class Evaluation:
     comparisons: list[dict]
     knob: float
     static: dict  # the static baselines' paths and how they were chosen
+    folders: dict[str, str]  # the router folder of each routed configuration
 
 
 def evaluate_routers(
@@ -433,10 +471,12 @@ def evaluate_routers(
     labelled: Sequence[Example],
     settings: EvaluateSettings,
     constraints: PathConstraints,
+    known: dict[str, dict[LayerPath, Sequence[float]]] | None = None,
 ) -> Evaluation:
     """Score vanilla, Dr.LLM (the calibrated router set in `routers`, at its knob and over the sweep), the
     other router sets at the same knob, and the static baselines at every budget of `static_budgets`,
-    chosen on `static_examples` of the `labelled` search questions (those the routers learned from): the
+    chosen on the `labelled` search questions the routers learned from (`static_examples` of them; `known`:
+    their search's scored paths, which cost nothing again): the
     greedy best static path (most answers right), the faithful static path (most vanilla answers kept) and
     ShortGPT's Block Influence pruning; then random skips at Dr.LLM's own per-question budget. All on the
     same questions; Dr.LLM is compared with each baseline at the budget nearest its own blocks saved."""
@@ -445,11 +485,10 @@ def evaluate_routers(
     knob = RouterSet.read_routing(routers).knob
     chosen = sample(list(labelled), settings.static_examples, settings.seed)
     influence = block_influence(runner.scorer, chosen)
-    static, trace = static_paths(runner.scorer, chosen, settings.static_budgets, constraints)
+    static, trace = static_paths(runner.scorer, chosen, settings.static_budgets, constraints, known=known)
     static["shortgpt_bi"] = {b: lowest_influence_path(influence, b) for b in settings.static_budgets}
     first = min(settings.static_budgets)
-    configs = [
-        Configuration.static("vanilla", all_sets, LayerPath.default(layers)),
+    routed = [
         Configuration.routed("drllm", all_sets, routers, knob),
         *(
             Configuration.routed(f"drllm_knob_{v:+g}", in_domain, routers, v)
@@ -460,6 +499,10 @@ def evaluate_routers(
             Configuration.routed(f"routers_{name}", in_domain, folder, knob)
             for name, folder in other_routers.items()
         ),
+    ]
+    configs = [
+        Configuration.static("vanilla", all_sets, LayerPath.default(layers)),
+        *routed,
         *(
             Configuration.static(
                 f"{name}_{budget}",
@@ -492,7 +535,12 @@ def evaluate_routers(
         "block_influence": influence,
     }
     return Evaluation(
-        results, summarize(results, layers), comparisons(results, references, all_sets), knob, details
+        results,
+        summarize(results, layers),
+        comparisons(results, references, all_sets),
+        knob,
+        details,
+        {config.name: config.routers for config in routed},
     )
 
 
@@ -595,16 +643,14 @@ def pareto_rows(evaluation: Evaluation) -> pd.DataFrame:
     return overall[["config", "accuracy", "blocks_per_token", "ci_low", "ci_high"]]
 
 
-def log_runs(
-    evaluation: Evaluation, folders: dict[str, str], registered_model: str, generation: dict
-) -> None:
+def log_runs(evaluation: Evaluation, registered_model: str, generation: dict) -> None:
     """One MLflow run per configuration: accuracy, agreement and layers saved per set and task, and the
     comparisons (Dr.LLM's with its generation agreement); routed configurations are tagged with their router
     set's hash, and Dr.LLM with its registered version."""
     for config, frame in evaluation.summary.groupby("config", sort=False):
         tags = {"drllm.config": config}
-        if config in folders:
-            digest = routers_hash(folders[config])
+        if config in evaluation.folders:
+            digest = routers_hash(evaluation.folders[config])
             tags[tracking.ROUTERS_HASH_TAG] = digest
             version = tracking.find_version(registered_model, digest) if config == "drllm" else None
             if version is not None:

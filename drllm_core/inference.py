@@ -3,7 +3,7 @@
 Layer by layer during the prompt's forward pass, the router of layer l reads the hidden state that the
 earlier decisions produced and picks skip / execute / repeat; the path is then fixed for scoring and for
 every generated token (the KV cache keeps one slot per layer pass). Rows of a batch take their own paths.
-The router folder says how to route (drllm_core.routers.Routing): the knob, and the path limits the labels
+The router folder says how to route (drllm_core.routing.Routing): the knob, and the path limits the labels
 were searched under, which every routed path keeps (a decision that would break one becomes an execute, or
 a skip where only a skip keeps the block budget).
 """

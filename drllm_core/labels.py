@@ -167,6 +167,19 @@ def _correct(record: dict, path: LayerPath) -> bool:
     return bool(record["scored_correct"][index])
 
 
+def scored_paths(records: pd.DataFrame) -> dict[str, dict[LayerPath, list[float]]]:
+    """Per example id, every path its search scored, with the per-choice scores (none for a generated
+    answer): what a static baseline chosen on the same questions reuses (PathRewards.seed)."""
+    return {
+        row.example_id: {
+            LayerPath.from_counts(counts): list(scores)
+            for counts, scores in zip(row.scored_labels, row.scored_scores, strict=True)
+            if len(scores)
+        }
+        for row in records.itertuples()
+    }
+
+
 def label_statistics(records: pd.DataFrame) -> dict:
     """Summary of search records (one row per searched example, kept or not)."""
     kept = records[records["kept"]]
@@ -175,7 +188,6 @@ def label_statistics(records: pd.DataFrame) -> dict:
         name: float((labels == value).mean()) if labels.size else 0.0
         for value, name in enumerate(CLASS_NAMES)
     }
-    simulations = records["simulations"].sum()
     return {
         "examples": len(records),
         "kept": len(kept),
@@ -189,8 +201,4 @@ def label_statistics(records: pd.DataFrame) -> dict:
         "label_shares": shares,
         "simulations_per_example": float(records["simulations"].mean()) if len(records) else 0.0,
         "evaluations_per_example": float(records["evaluations"].mean()) if len(records) else 0.0,
-        "layer_evaluations_per_example": float(records["layer_evaluations"].mean()) if len(records) else 0.0,
-        "layer_evaluations_per_simulation": float(records["layer_evaluations"].sum() / simulations)
-        if simulations
-        else 0.0,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drllm_core.errors import config_from
+from drllm_core.errors import DrllmError, config_from
 
 FIGURES = (
     "id_accuracy",
@@ -28,17 +28,26 @@ class Gates:
         return config_from(cls, "promote", params)
 
 
-def figures(evaluation: dict) -> dict:
-    """The gated figures of metrics/eval.json."""
-    configs = evaluation["configs"]
-    return {
-        "id_accuracy": configs["drllm/eval_id"]["accuracy"],
-        "id_vanilla_accuracy": configs["vanilla/eval_id"]["accuracy"],
-        "ood_accuracy": configs["drllm/eval_ood"]["accuracy"],
-        "ood_vanilla_accuracy": configs["vanilla/eval_ood"]["accuracy"],
-        "blocks_saved": evaluation["num_layers"] - configs["drllm/eval_id"]["blocks_per_token"],
-        "generation_identical": evaluation.get("generation", {}).get("open", {}).get("identical_share"),
-    }
+def figures(evaluation: dict, where: str = "metrics/eval.json") -> dict:
+    """The gated figures of metrics/eval.json; a document without them is a DrllmError naming the gap."""
+    try:
+        configs = evaluation["configs"]
+        values = {
+            "id_accuracy": configs["drllm/eval_id"]["accuracy"],
+            "id_vanilla_accuracy": configs["vanilla/eval_id"]["accuracy"],
+            "ood_accuracy": configs["drllm/eval_ood"]["accuracy"],
+            "ood_vanilla_accuracy": configs["vanilla/eval_ood"]["accuracy"],
+            "blocks_saved": evaluation["num_layers"] - configs["drllm/eval_id"]["blocks_per_token"],
+            "generation_identical": evaluation.get("generation", {}).get("open", {}).get("identical_share"),
+        }
+    except (KeyError, TypeError, AttributeError) as err:
+        raise DrllmError(
+            f"{where} lacks the figures promotion gates ({type(err).__name__}: {err}): rerun `dvc repro evaluate`"
+        ) from None
+    for key, value in values.items():
+        if value is not None and not isinstance(value, int | float):
+            raise DrllmError(f"{where}: {key} must be a number, got {value!r}: rerun `dvc repro evaluate`")
+    return values
 
 
 def gate_failures(values: dict, gates: Gates) -> list[str]:

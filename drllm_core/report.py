@@ -138,7 +138,6 @@ SEARCH_COLUMNS = (
     "kept_share",
     "wrong_to_correct",
     "mean_blocks_saved",
-    "layer_evaluations_per_simulation",
     "simulations_per_example",
 )
 ROUTER_COLUMNS = (  # class routers, then cost routers: each set shows the columns it has

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor
 from drllm_core.engine import HiddenState, PathEngine
 from drllm_core.errors import ConfigError
 from drllm_core.paths import LayerPath
-from drllm_core.tasks.answers import Decision, decide_choice
+from drllm_core.tasks.answers import Decision, choice_decision, decide_choice
 from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scorer import ExampleScorer
@@ -97,6 +98,18 @@ class PathRewards:
             self.layer_evaluations += self.engine.counter.rows - before
             self.memo.update(zip(fresh, outcomes, strict=True))
         return [self.memo[p] for p in paths]
+
+    def seed(self, scored: dict[LayerPath, Sequence[float]]) -> None:
+        """Take paths another run scored, with their per-choice scores (Outcome.scores, as a search record
+        keeps them), as scored here: relabelling a search, or choosing a static path on search questions,
+        then costs no forward for them. Multiple choice only, and only with the default path among them (a
+        faithful reward compares with its answer)."""
+        default = LayerPath.default(self.engine.num_layers)
+        if not self._packed or default not in scored:
+            return
+        for path in sorted(scored, key=lambda p: p != default):
+            decision = choice_decision(torch.tensor(list(scored[path]), dtype=torch.float64), self.example)
+            self.memo[path] = self._outcome(decision, path)
 
     def _outcome(self, decision: Decision, path: LayerPath) -> Outcome:
         if self.reward == "faithful":

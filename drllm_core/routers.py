@@ -70,7 +70,9 @@ class CostRouter(nn.Module):
     """The `costs` router: the hidden state entering the decision layer, mean-pooled over the prompt's windows
     and standardised, mapped linearly (a rank-`rank` projection, then a weight per candidate) to the
     predicted log KL divergence of skipping each candidate layer alone (drllm_core.training fits it in
-    closed form). `quantiles` are the costs it predicted on its training questions: the knob's scale."""
+    closed form). `quantiles` are the quantiles of each training question's `max_skips` cheapest predicted
+    costs: the knob's scale, so that knob p skips (1 - p) / 2 * max_skips layers per training question on
+    average."""
 
     def __init__(self, config: RouterConfig, quantiles: int = 101):
         super().__init__()
@@ -89,7 +91,7 @@ class CostRouter(nn.Module):
 
     def threshold(self, knob: float) -> float:
         """The cost at or below which a candidate is skipped: the (1 - knob) / 2 quantile of the training
-        predictions; knob 1 skips nothing."""
+        questions' cheapest predictions (see the class docstring); knob 1 skips nothing."""
         if knob >= 1.0:
             return -math.inf
         position = (1 - knob) / 2 * (len(self.quantiles) - 1)

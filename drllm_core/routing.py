@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drllm_core.errors import ConfigError, DrllmError
-from drllm_core.paths import EXECUTE, PAPER_CONSTRAINTS, REPEAT, SKIP, PathConstraints, PathError
+from drllm_core.paths import CLASS_NAMES, EXECUTE, PAPER_CONSTRAINTS, REPEAT, SKIP, PathConstraints, PathError
 from drllm_core.tasks.prompts import TaskSettings, default_settings
 
-NUM_CLASSES = 3  # skip, execute, repeat
+NUM_CLASSES = len(CLASS_NAMES)  # skip, execute, repeat
 
 
 class RouterMismatch(DrllmError):
@@ -47,7 +47,7 @@ class Routing:
 
 
 KINDS = ("classes", "costs")
-DECISION_DEPTH = 0.4  # search.decision_depth: a cost router decides 40% of the way through the model
+DECISION_DEPTH = 0.1  # train.decision_depth: a cost router decides 10% of the way through the model
 
 
 def decision_layer(depth: float, num_layers: int) -> int:
@@ -60,9 +60,9 @@ class RouterConfig:
     """What a router folder holds. `classes`: one MLP per layer picks skip, execute or repeat (the paper);
     the knob mixes its distribution (knob_decisions). `costs`: one router reads the state entering
     `decision_layer` and predicts, for each of `candidates`, the log KL divergence skipping that layer alone
-    would cause the answer; the knob p in [-1, 1] sets the threshold at which a candidate is skipped, the
-    (1 - p) / 2 quantile of the costs it predicted on its training questions (cost_decisions): p = -1 skips
-    the cheapest candidates wherever it may, p = 1 skips nothing."""
+    would cause the answer; the knob p in [-1, 1] sets the threshold at which a candidate is skipped
+    (cost_decisions), so that its training questions skip (1 - p) / 2 * max_skips layers on average: p = -1
+    skips the cheapest candidates wherever it may, p = 0 half of max_skips, p = 1 nothing."""
 
     num_layers: int
     hidden_size: int

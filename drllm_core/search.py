@@ -22,7 +22,6 @@ from drllm_core.errors import ConfigError
 from drllm_core.labels import shortest_first
 from drllm_core.paths import EXECUTE, REPEAT, SKIP, LayerPath, PathConstraints
 from drllm_core.rewards import Outcome
-from drllm_core.routing import DECISION_DEPTH, decision_layer
 
 STRATEGIES = ("mcts", "chain", "random", "singles")
 EDIT_KINDS = ("skip1", "skip2", "repeat")
@@ -45,7 +44,6 @@ class SearchConfig:
     max_skip_run: int | None = 2  # longest run of skipped layers allowed
     max_blocks: int | None = None  # budget of blocks per token (None: 2L)
     seed: int = 0
-    decision_depth: float = DECISION_DEPTH  # singles: only the layers after the one cost routers decide at
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -59,7 +57,7 @@ class SearchConfig:
             )
         if self.max_blocks is not None and self.max_blocks < 1:
             raise ConfigError(f"search.max_blocks must be at least 1 (or null: 2L), got {self.max_blocks}")
-        for name in ("random_child", "widening_power", "decision_depth"):
+        for name in ("random_child", "widening_power"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"search.{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.widening <= 0 or self.exploration < 0 or self.length_penalty < 0:
@@ -320,14 +318,12 @@ def _random(tracker: _Tracker, rng: np.random.Generator) -> None:
 
 
 def _singles(tracker: _Tracker, rng: np.random.Generator) -> None:
-    """Every single-layer skip after the decision layer (or `simulations` of them, drawn at random, when
-    that is fewer): what skipping each layer alone does to the answer, the data of the skip-cost labels.
-    Each path shares the default path up to its skipped layer."""
+    """Every single-layer skip: what skipping each layer alone does to the answer, the data of the skip-cost
+    labels and of the static baselines' first step. Each path shares the default path up to its skipped
+    layer, so the L skips cost about L / 2 forwards."""
     layers = tracker.num_layers
-    after = np.arange(decision_layer(tracker.config.decision_depth, layers) + 1, layers)
-    chosen = np.sort(rng.permutation(after)[: min(len(after), tracker.config.simulations)])
     default = LayerPath.default(layers)
-    paths = [default.with_count(int(layer), SKIP) for layer in chosen]
+    paths = [default.with_count(layer, SKIP) for layer in range(layers)]
     paths = [p for p in paths if p.is_valid(layers, tracker.config.constraints)]
     for start in range(0, len(paths), tracker.config.parallel):
         tracker.score(paths[start : start + tracker.config.parallel])

@@ -32,19 +32,23 @@ from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scorer import ExampleScorer
 
 log = logging.getLogger(__name__)
-TIMING_FIELDS = ("seconds",)  # in the checkpoint, never in the labelled records downstream stages read
+# What a search cost, in the checkpoint but never in the labelled records downstream stages read: wall time,
+# and block executions, which depend on runtime.prefix_cache_mb (an evicted prefix is recomputed).
+COST_FIELDS = ("seconds", "layer_evaluations")
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     reward: str = "correct"  # correct | margin | faithful
     margin: float = (
-        0.0  # margin: gold ahead of the best wrong choice; faithful: the answer ahead of the runner-up
+        0.0  # margin: gold ahead of the best wrong choice; faithful: the answer over the runner-up
     )
 
     def __post_init__(self):
         if self.reward not in REWARDS:
             raise ConfigError(f"unknown search.reward {self.reward!r}; use one of {REWARDS}")
+        if self.margin < 0:  # a negative lead would reward a path whose answer loses
+            raise ConfigError(f"search.margin must be at least 0 (nats), got {self.margin}")
 
 
 @dataclass(frozen=True)
@@ -192,4 +196,17 @@ def search_examples(
     finally:
         torch.set_num_threads(threads)
     bar.close()
-    return pd.DataFrame([rows[e.example_id] for e in examples]).drop(columns=list(TIMING_FIELDS))
+    return pd.DataFrame([rows[e.example_id] for e in examples])
+
+
+def split_cost(records: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The labelled records without their cost fields (what downstream stages read), and the search's cost:
+    seconds and block executions (per example and per simulation), for metrics/timings/."""
+    simulations = records["simulations"].sum()
+    layer_evaluations = records["layer_evaluations"].sum()
+    cost = {
+        "search_seconds": float(records["seconds"].sum()),
+        "layer_evaluations_per_example": float(layer_evaluations / len(records)) if len(records) else 0.0,
+        "layer_evaluations_per_simulation": float(layer_evaluations / simulations) if simulations else 0.0,
+    }
+    return records.drop(columns=list(COST_FIELDS)), cost

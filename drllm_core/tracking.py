@@ -6,7 +6,7 @@ same store as the workspace. Runs of one pipeline state share the tag `drllm.pip
 params.yaml and the code version) so the UI can group them. Tracking is part of the product: a stage that
 logs checks the store before it starts working and stops with an error when it cannot reach it.
 
-A registered version is a router folder (weights, base model and how it routes: drllm_core.routers.Routing),
+A registered version is a router folder (weights, base model and how it routes: drllm_core.routing.Routing),
 so the folder's content hash is the version's identity: the same folder is registered once, whatever runs
 register it at once; anything that changes what a version serves changes the hash.
 """
@@ -116,6 +116,22 @@ def log_stage(
             mlflow.log_dict(payload, file)
 
 
+def latest_runs(ui: str) -> list[tuple[str, str]]:
+    """(run name, link in the MLflow UI at `ui`) of the newest run of every stage execution name."""
+    mlflow = configure()
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], order_by=["attributes.start_time DESC"])
+    if runs.empty:
+        return []
+    latest = runs.drop_duplicates("tags.mlflow.runName")
+    return [
+        (
+            f"{row['tags.mlflow.runName']} ({row['run_id'][:8]})",
+            f"{ui}/#/experiments/{row['experiment_id']}/runs/{row['run_id']}",
+        )
+        for _, row in latest.sort_values("tags.mlflow.runName").iterrows()
+    ]
+
+
 def numeric(values: dict) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, str)}
 
@@ -148,6 +164,27 @@ def find_version(name: str, routers_hash: str):
         return None
     matches = [v for v in versions if v.tags.get(ROUTERS_HASH_TAG) == routers_hash]
     return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def version_by_alias(name: str, alias: str):
+    """The version of `name` holding `alias`, or None."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def promote_version(name: str, version: str, alias: str, tags: dict[str, str]) -> None:
+    """Tag a version (its evaluation figures, which the next promotion compares with) and move `alias` to it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, alias, version)
 
 
 def register_routers(

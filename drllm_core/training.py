@@ -15,7 +15,7 @@ from torch import Tensor
 from drllm_core.errors import ConfigError, config_from
 from drllm_core.paths import CLASS_NAMES
 from drllm_core.routers import CostRouter, RouterSet, window_mean
-from drllm_core.routing import NUM_CLASSES, RouterConfig
+from drllm_core.routing import DECISION_DEPTH, NUM_CLASSES, RouterConfig
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class TrainConfig:
     beta: float = 0.999  # effective-number class weights
     val_fraction: float = 0.2  # search examples held out to judge the routers
     seed: int = 0
+    decision_depth: float = DECISION_DEPTH  # cost routers decide this far through the model
     candidates: int = (
-        5  # cost routers: the layers after the decision layer they may skip, cheapest on average
+        8  # cost routers: the layers after the decision layer they may skip, cheapest on average
     )
     max_skips: int = 2  # cost routers: skipped layers per input, at most
 
@@ -51,6 +52,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.decision_depth < 1:
+            raise ConfigError(f"train.decision_depth must lie in [0, 1), got {self.decision_depth}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"train.warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
 
@@ -311,9 +314,11 @@ def train_cost_router(
     _fit(routers.cost, train_x, train_y, best["rank"], best["penalty"])
     with torch.no_grad():
         predicted = routers.cost(train_x.float()).double()
+        # The knob's scale: the costs at which the training questions skip a given share of max_skips.
+        cheapest = predicted.sort(1).values[:, : config.max_skips]
         routers.cost.quantiles.copy_(
             torch.quantile(
-                predicted.flatten(), torch.linspace(0, 1, len(routers.cost.quantiles), dtype=torch.float64)
+                cheapest.flatten(), torch.linspace(0, 1, len(routers.cost.quantiles), dtype=torch.float64)
             ).float()
         )
     validation = _cost_validation(

@@ -20,23 +20,25 @@ import pandas as pd
 
 from drllm_core import io, tracking
 from drllm_core.engine import PathEngine
-from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.evaluation import (
     EvaluateSettings,
     EvaluationRunner,
+    check_prompt_format,
     evaluate_routers,
     generation_check,
     headline,
+    labels_folder,
     log_runs,
     metrics_document,
     pareto_rows,
+    router_folders,
     speed_check,
 )
+from drllm_core.labels import scored_paths
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.paths import PathConstraints
 from drllm_core.prepare import EVAL_SETS, sample
 from drllm_core.provenance import code_version
-from drllm_core.routers import RouterSet
 from drllm_core.runtime import Runtime
 from drllm_core.tasks.prompts import checked_tasks
 from drllm_core.tasks.schema import examples_from_frame
@@ -66,26 +68,15 @@ def _main(args) -> None:
     settings = EvaluateSettings.from_params(section(params, "evaluate"))
     constraints = PathConstraints.from_params(section(params, "search"))
     runtime = Runtime.from_params(params)
-    other = {name: str(Path(args.routers) / name) for name in settings.other_routers}
-    for name, folder in other.items():
-        if not (Path(folder) / "config.json").is_file():
-            raise ConfigError(
-                f"evaluate.other_routers names {name!r}, but {folder} holds no router set: each must be a router "
-                "set of train.routers"
-            )
-    for folder in [args.drllm, *other.values()]:
-        RouterSet.read_config(folder)  # a broken folder stops here, before the model loads
+    other = router_folders(args.routers, settings.other_routers)  # checked before the model loads
+    labels = labels_folder(args.drllm, args.paths)
     tracking.configure()
     prepared = Path(args.prepared)
     manifest = io.read_json(prepared / "manifest.json")
     task_params = checked_tasks(params, manifest)
     sets = {name: examples_from_frame(pd.read_parquet(prepared / f"{name}.parquet")) for name in EVAL_SETS}
-    strategy = RouterSet.read_config(args.drllm).provenance.get("search", {}).get("strategy")
-    if strategy is None:
-        raise DrllmError(
-            f"{args.drllm} does not record the search its labels came from: retrain it (dvc repro train)"
-        )
-    labels = Path(args.paths) / strategy
+    tasks = {e.task for examples in sets.values() for e in examples}
+    check_prompt_format([args.drllm, *other.values()], task_params, sorted(tasks))
     oracle = pd.read_parquet(labels / "paths.parquet")
     searched = io.read_json(labels / "stats.json")
     search_frame = pd.read_parquet(prepared / "search.parquet")
@@ -102,7 +93,8 @@ def _main(args) -> None:
         code_version(["pipeline.evaluate"]),
         runtime.batch_size,
     )
-    evaluation = evaluate_routers(runner, args.drllm, other, labelled, settings, constraints)
+    known = scored_paths(oracle)
+    evaluation = evaluate_routers(runner, args.drllm, other, labelled, settings, constraints, known)
     io.write_with(
         Path(args.results) / "results.parquet", lambda tmp: evaluation.results.to_parquet(tmp, index=False)
     )
@@ -120,11 +112,9 @@ def _main(args) -> None:
     io.write_with(
         Path(args.plots) / "pareto.csv", lambda tmp: pareto_rows(evaluation).to_csv(tmp, index=False)
     )
-    speed = speed_check(routed, scorer, sets["eval_id"][: settings.speed_prompts], settings.speed_tokens)
+    speed = speed_check(routed, scorer, sets["eval_id"][: runtime.speed_prompts], runtime.speed_tokens)
     io.write_json(args.timings, speed)
-    folders = {"drllm": args.drllm, **{f"drllm_knob_{v:+g}": args.drllm for v in settings.knob_sweep}}
-    folders |= {f"routers_{name}": folder for name, folder in other.items()}
-    log_runs(evaluation, folders, tracking.registered_model_name(loaded.name), generation)
+    log_runs(evaluation, tracking.registered_model_name(loaded.name), generation)
     for row in evaluation.summary[evaluation.summary["task"] == "all"].itertuples():
         log.info(
             "%-22s %-8s acc %.3f [%.3f, %.3f]  blocks/token %.2f  saved %.1f%%",

@@ -5,9 +5,9 @@
 
 The gates (drllm_core.promotion) read metrics/eval.json, which must describe that router folder (its content
 hash is checked): in-domain accuracy against vanilla, out-of-domain accuracy drop, blocks saved per token,
-and the share of open in-domain answers generated exactly as vanilla's. The command prints the comparison with the current champion and refuses, exit status 1, with the
-reason when a gate fails. The promoted version keeps its evaluation figures as tags, so the next promotion
-can compare.
+and the share of open in-domain answers generated exactly as vanilla's. The command prints the comparison
+with the current champion and refuses, exit status 1, with the reason when a gate fails. The promoted
+version keeps its evaluation figures as tags, so the next promotion can compare.
 """
 
 from __future__ import annotations
@@ -41,21 +41,14 @@ def _main(args) -> None:
             f"{args.metrics} evaluated other routers ({evaluation.get('routers_hash')}), not {args.routers} "
             f"({digest}): run `dvc repro evaluate`"
         )
+    values = figures(evaluation, args.metrics)
     tracking.configure()
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
     version = tracking.find_version(name, digest)
     if version is None:
         raise PromotionRefused(
             f"routers {args.routers} ({digest}) are not registered in {name}: run `dvc repro register`"
         )
-    values = figures(evaluation)
-    try:
-        champion = client.get_model_version_by_alias(name, args.alias)
-    except MlflowException:
-        champion = None
+    champion = tracking.version_by_alias(name, args.alias)
     print(
         f"{name}: candidate version {version.version} vs {args.alias} {champion.version if champion else '(none)'}"
     )
@@ -66,9 +59,8 @@ def _main(args) -> None:
     failures = gate_failures(values, gates)
     if failures:
         raise PromotionRefused(f"version {version.version} not promoted: " + "; ".join(failures))
-    for key, value in values.items():
-        client.set_model_version_tag(name, version.version, f"drllm.{key}", f"{value:.4f}")
-    client.set_registered_model_alias(name, args.alias, version.version)
+    tags = {f"drllm.{key}": f"{value:.4f}" for key, value in values.items()}
+    tracking.promote_version(name, version.version, args.alias, tags)
     log.info(
         "promoted %s version %s to @%s (load it with models:/%s@%s)",
         name,

@@ -24,25 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     return run(_main, args, argv)
 
 
-def latest_runs(ui: str) -> list[tuple[str, str]]:
-    """(run name, UI link) of the newest run of every stage execution name in the drllm experiment."""
-    mlflow = tracking.configure()
-    runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT], order_by=["attributes.start_time DESC"])
-    if runs.empty:
-        return []
-    latest = runs.drop_duplicates("tags.mlflow.runName")
-    return [
-        (
-            f"{row['tags.mlflow.runName']} ({row['run_id'][:8]})",
-            f"{ui}/#/experiments/{row['experiment_id']}/runs/{row['run_id']}",
-        )
-        for _, row in latest.sort_values("tags.mlflow.runName").iterrows()
-    ]
-
-
 def _main(args) -> None:
     params = load_params(args.params)
-    runs = latest_runs(Runtime.from_params(params).mlflow_ui)
+    runs = tracking.latest_runs(Runtime.from_params(params).mlflow_ui)
     out = Path(args.out)
     figures = out / "figures"
     evaluation = io.read_json("metrics/eval.json")

@@ -1,8 +1,8 @@
 """Stage `search`: find, per search example, layer paths that still answer correctly; label it with one.
 
 Writes data/paths/<strategy>/paths.parquet (one row per kept example: labels, execution order, correctness,
-blocks, search cost, every path scored) and stats.json (label statistics), and the search's wall time to
-metrics/timings/search-<strategy>.json, which no stage reads. Resumable: finished examples are appended to a
+blocks, every path scored) and stats.json (label statistics), and what the search cost (wall time, block
+executions per simulation) to metrics/timings/search-<strategy>.json, which no stage reads. Resumable: finished examples are appended to a
 checkpoint under data/search_checkpoints/<strategy>/ named by everything they depend on and by the code.
 Reads params `model`, `tasks`, `search` (and `runtime`: backend, Ray, threads, prefix cache).
 """
@@ -22,7 +22,7 @@ from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import sample
 from drllm_core.provenance import code_version
 from drllm_core.runtime import Runtime
-from drllm_core.search_runner import SearchSettings, search_examples, searcher_factory
+from drllm_core.search_runner import SearchSettings, search_examples, searcher_factory, split_cost
 from drllm_core.tasks.prompts import checked_tasks, settings_for
 from drllm_core.tasks.schema import examples_from_frame
 from drllm_core.tasks.scorer import ExampleScorer
@@ -80,13 +80,14 @@ def _main(args) -> None:
             checkpoint.path,
         )
         make_searcher = searcher_factory(loaded, model_params, task_params, settings, runtime)
-        records = search_examples(examples, make_searcher, runtime, checkpoint, settings.rule)
-        search_seconds = sum(checkpoint.records[e.example_id]["seconds"] for e in examples)
+        records, cost = split_cost(
+            search_examples(examples, make_searcher, runtime, checkpoint, settings.rule)
+        )
     stats = {**label_statistics(records), "strategy": strategy, "label_rule": settings.rule.label_rule}
     with io.atomic_dir(args.out or f"data/paths/{strategy}") as tmp:
         records[records["kept"]].to_parquet(tmp / "paths.parquet", index=False)
         io.write_json(tmp / "stats.json", stats)
-    timings = {"wall_seconds": time.perf_counter() - started, "search_seconds": search_seconds}
+    timings = {"wall_seconds": time.perf_counter() - started, **cost}
     io.write_json(args.timings or f"metrics/timings/search-{strategy}.json", timings)
     log.info(
         "kept %d of %d examples, W->C %d, mean blocks saved %.2f",

@@ -6,7 +6,7 @@ predictors) and plots/train/<name>/{history,confusion}.csv for `dvc plots`; its 
 metrics/timings/train-<name>.json. `--shuffle-labels` trains the control: each example gets another
 example's labels (or skip costs). Class routers (the paper's, on path labels) or a cost router (on skip-cost
 labels, search.label_rule: skip_cost), as the features hold. Reads params `model.spec`, `search.max_skip_run`,
-`search.max_blocks`, `search.decision_depth` and `train`.
+`search.max_blocks` and `train`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from drllm_core import io, tracking
 from drllm_core.errors import ConfigError
 from drllm_core.paths import PathConstraints
-from drllm_core.routing import DECISION_DEPTH, RouterConfig, Routing, decision_layer
+from drllm_core.routing import RouterConfig, Routing, decision_layer
 from drllm_core.training import TrainConfig, train_cost_router, train_routers
 from pipeline.common import load_params, log, parser, run, section
 
@@ -69,7 +69,6 @@ def _main(args) -> None:
             if name in tensors
         }
     features, window_mask = tensors["features"], tensors["window_mask"]
-    search_params = section(params, "search")
     kind = "costs" if "costs" in tensors else "classes"
     search_stats = io.read_json(Path(args.paths) / "stats.json")
     router_config = RouterConfig(
@@ -97,9 +96,7 @@ def _main(args) -> None:
             max_skips=config.max_skips if kind == "costs" else None,
         ),
         kind=kind,
-        decision_layer=decision_layer(
-            float(search_params.get("decision_depth", DECISION_DEPTH)), features.shape[1]
-        ),
+        decision_layer=decision_layer(config.decision_depth, features.shape[1]),
     )
     start = time.perf_counter()
     if kind == "costs":

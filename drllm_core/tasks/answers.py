@@ -36,6 +36,13 @@ def decide_choice(scores: Tensor, example: Example, settings: TaskSettings) -> D
     if settings.metric == "acc_norm":
         lengths = torch.tensor([max(1, len(c) + 1) for c in example.choices], dtype=torch.float64)
         scores = scores / lengths
+    return choice_decision(scores, example)
+
+
+def choice_decision(scores: Tensor, example: Example) -> Decision:
+    """The decision from per-choice scores as the metric compares them (Decision.scores: a stored decision's
+    scores give it back)."""
+    scores = scores.double()
     predicted = int(scores.argmax())
     others = torch.cat([scores[: example.answer_index], scores[example.answer_index + 1 :]])
     margin = float(scores[example.answer_index] - others.max())

@@ -53,7 +53,7 @@ def small_params(model_folder: Path) -> dict:
         "mcts": {"labels": "mcts", "shuffle": False},
         "shuffled": {"labels": "singles", "shuffle": True},
     }
-    params["runtime"]["threads"] = 1
+    params["runtime"].update({"threads": 1, "speed_prompts": 1, "speed_tokens": 4})
     params["validate"].update(
         {
             "min_examples": 5,
@@ -66,8 +66,6 @@ def small_params(model_folder: Path) -> dict:
             "knob_sweep": [-0.5],
             "other_routers": ["mcts", "shuffled"],
             "static_examples": 6,
-            "speed_prompts": 1,
-            "speed_tokens": 4,
         }
     )
     return params

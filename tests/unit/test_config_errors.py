@@ -58,6 +58,10 @@ from tests.conftest import run_stage
             lambda: Runtime.from_params({"runtime": {"batch_size": 0}}),
             "runtime.batch_size must be a whole number of at least 1",
         ),
+        (lambda: Runtime.from_params({"runtime": {"threads": -1}}), "runtime.threads must be a whole number"),
+        (lambda: Runtime.from_params({"runtime": {"workers": 0}}), "runtime.workers must be a whole number"),
+        (lambda: Runtime.from_params({"runtime": {"speed_prompts": 0}}), "runtime.speed_prompts must be"),
+        (lambda: SearchSettings.from_params({"margin": -1}, "mcts"), "search.margin must be at least 0"),
         (lambda: TrainConfig.from_params({"epoch": 5, "routers": {}}), r"`train`: \['epoch'\]"),
         (lambda: TrainConfig.from_params({"val_fraction": 0}), r"train.val_fraction must lie in \(0, 1\)"),
         (lambda: TrainConfig.from_params({"batch_size": 0}), "train.batch_size must be at least 1"),
@@ -102,8 +106,9 @@ def test_valid_sections_build_and_numbers_may_be_strings():
 
 
 def _evaluate(tmp_path, **evaluate):
-    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).with_knob(0.1).save(tmp_path / "drllm")
-    settings = {"knob_sweep": [0.0], "other_routers": [], "speed_prompts": 4, **evaluate}
+    config = RouterConfig(num_layers=2, hidden_size=4, bottleneck=3, provenance={"search": {"strategy": "singles"}})
+    RouterSet(config).with_knob(0.1).save(tmp_path / "drllm")
+    settings = {"knob_sweep": [0.0], "other_routers": [], **evaluate}
     io.write_json(tmp_path / "params.json", {"search": {"max_skip_run": 2}, "evaluate": settings})
     params, routers = tmp_path / "params.json", tmp_path / "routers"
     prepared = tmp_path / "prepared"  # not there
@@ -126,7 +131,7 @@ def _evaluate(tmp_path, **evaluate):
         ({"knob_sweep": [0.0, 1.5]}, r"evaluate.knob_sweep must be a number in \[-1, 1\], got 1.5"),
         ({"other_routers": ["chian"]}, r"names 'chian', but .* holds no router set"),
         ({"other_routers": ["../../etc"]}, r"evaluate.other_routers must be router set names"),
-        ({"speed_prompts": 0}, "evaluate.speed_prompts must be at least 1, got 0"),
+        ({"generation_questions": -1}, "evaluate.generation_questions must be at least 1, got -1"),
         ({"static_examples": "many"}, "`evaluate.static_examples` must be a whole number, got 'many'"),
     ],
 )

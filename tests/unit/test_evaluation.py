@@ -10,15 +10,17 @@ from drllm_core import io
 from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
 from drllm_core.calibration import calibrate_knob, choose_knob_from, held_out_search_questions
 from drllm_core.engine import PathEngine
-from drllm_core.errors import DrllmError
+from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.evaluation import (
     Configuration,
     EvaluationRunner,
     _common_prefix,
+    check_prompt_format,
     compare,
     generation_check,
     headline,
     result_rows,
+    speed_check,
     summarize,
 )
 from drllm_core.inference import RoutedModel
@@ -68,6 +70,22 @@ def test_static_paths_are_greedy_valid_and_nested_over_budgets():
         PathRewards(scorer, e, reward="faithful")([paths["faithful_static"][1]])[0].reward for e in EXAMPLES
     )
     assert faithful_first["kept"] == kept  # the faithful path keeps that many vanilla answers
+
+
+def test_static_paths_reuse_what_a_search_scored_and_choose_the_same():
+    scorer, constraints = _scorer(), PathConstraints()
+    searched = {}  # the single skips a singles search scored, with their choice scores
+    for example in EXAMPLES:
+        rewards = PathRewards(scorer, example)
+        rewards([LayerPath.default(6), *(LayerPath.default(6).with_count(layer, 0) for layer in range(6))])
+        searched[example.example_id] = {path: outcome.scores for path, outcome in rewards.memo.items()}
+    rows = scorer.engine.counter.rows
+    fresh, fresh_trace = static_paths(scorer, EXAMPLES, [1, 2], constraints, keep=3)
+    fresh_rows, rows = scorer.engine.counter.rows - rows, scorer.engine.counter.rows
+    seeded, seeded_trace = static_paths(scorer, EXAMPLES, [1, 2], constraints, keep=3, known=searched)
+    assert seeded == fresh and [t["kept"] for t in seeded_trace] == [t["kept"] for t in fresh_trace]
+    assert seeded_trace[0]["block_rows"] == 0  # the first step is the search's single skips: no forward
+    assert 0 < scorer.engine.counter.rows - rows < fresh_rows
 
 
 def test_random_paths_skip_the_asked_number_of_layers():
@@ -423,3 +441,30 @@ def test_tokens_to_divergence_counts_the_shared_prefix():
     assert _common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert _common_prefix([1, 2], [1, 2, 3]) == 2  # one is a prefix of the other
     assert _common_prefix([5], [6]) == 0
+
+
+def test_the_speed_check_times_the_task_prompts_the_routers_were_evaluated_on(monkeypatch):
+    loaded = tiny_loaded()
+    routed = RoutedModel(loaded, tiny_cost_routers(loaded, [-10.0, 0.0, 0.0]))  # skips layer 3 always
+    scorer = routed.scorer()
+    generate, seen = routed.engine.generate, []
+
+    def recording(ids, *args, **kwargs):  # the real generation, with the prompt it was given noted
+        seen.append(tuple(ids[0].tolist()))
+        return generate(ids, *args, **kwargs)
+
+    monkeypatch.setattr(routed.engine, "generate", recording)
+    speed = speed_check(routed, scorer, EXAMPLES[:2], tokens=3)
+    prompts = {tuple(scorer.prompt_ids(e)) for e in EXAMPLES[:2]}
+    assert set(seen) == prompts  # warm-up and timed runs, vanilla and routed: the task prompts only
+    assert tuple(loaded.tokenizer(EXAMPLES[0].question).input_ids) not in prompts  # not the raw question
+    assert (speed["prompts"], speed["new_tokens"]) == (2, 3)
+    assert speed["blocks_saved_pct"] == pytest.approx(100 / 6)
+
+
+def test_evaluate_refuses_routers_trained_on_another_prompt_format(tmp_path):
+    trained = {"defaults": {"chat_template": True}}
+    RouterSet(RouterConfig(2, 4, routing=Routing(tasks=trained))).save(tmp_path / "r")
+    check_prompt_format([str(tmp_path / "r")], trained, ["arc_easy"])  # the format vanilla is scored in
+    with pytest.raises(ConfigError, match=r"trained on prompts formatted otherwise .* \['arc_easy'\]"):
+        check_prompt_format([str(tmp_path / "r")], {"defaults": {"chat_template": False}}, ["arc_easy"])

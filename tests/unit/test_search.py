@@ -197,14 +197,12 @@ def test_the_faithful_reward_keeps_the_default_answer_right_or_wrong():
     assert [o.reward for o in alone] == [o.reward for o in faithful[1:]]
 
 
-def test_singles_scores_every_skip_after_the_decision_layer_at_half_a_forward_each():
+def test_singles_scores_every_single_skip_at_half_a_forward_each():
     scorer = _scorer()
     rewards = PathRewards(scorer, QUESTION)
-    config = SearchConfig(strategy="singles", simulations=50, decision_depth=0.4)  # decision layer 2 of 6
-    result = search(rewards, 6, config, example_rng(0, "q"))
-    assert set(rewards.memo) == {DEFAULT, *(DEFAULT.with_count(layer, 0) for layer in (3, 4, 5))}
-    assert result.simulations == 3
-    assert rewards.layer_evaluations == 6 + 2 + 1 + 0  # the default path, then each skip after its layer
-    few = PathRewards(scorer, QUESTION)
-    search(few, 6, SearchConfig(strategy="singles", simulations=2, decision_depth=0.4), example_rng(0, "q"))
-    assert len(few.memo) == 3  # the default and 2 of the 3 skips, drawn at random
+    result = search(rewards, 6, SearchConfig(strategy="singles", simulations=2), example_rng(0, "q"))
+    assert set(rewards.memo) == {DEFAULT, *(DEFAULT.with_count(layer, 0) for layer in range(6))}
+    assert result.simulations == 6  # every layer, whatever the simulation budget of the other strategies
+    assert rewards.layer_evaluations == 6 + (
+        5 + 4 + 3 + 2 + 1 + 0
+    )  # the default, then each skip after its layer
