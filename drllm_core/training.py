@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
-from drllm_core.errors import ConfigError, config_from
+from drllm_core import io
+from drllm_core.errors import ConfigError, DrllmError, config_from
 from drllm_core.paths import CLASS_NAMES
 from drllm_core.routers import CostRouter, RouterSet, window_mean
-from drllm_core.routing import DECISION_DEPTH, NUM_CLASSES, RouterConfig
+from drllm_core.routing import DECISION_DEPTH, NUM_CLASSES, RouterConfig, router_set_names
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class TrainConfig:
     @classmethod
     def from_params(cls, train_params: dict) -> TrainConfig:
         """From the `train` section of params.yaml (`routers` names the router sets: not a training knob)."""
+        router_set_names(list(train_params.get("routers") or {}), "train.routers")
         return config_from(cls, "train", train_params, ignore=("routers",))
 
     def __post_init__(self):
@@ -56,6 +61,56 @@ class TrainConfig:
             raise ConfigError(f"train.decision_depth must lie in [0, 1), got {self.decision_depth}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"train.warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
+
+
+LABEL_TENSORS = (
+    "labels",
+    "costs",
+    "keeps",
+    "soft_labels",
+)  # what a features file holds per example as labels
+
+
+def read_features(folder: str | Path, windows: int) -> tuple[dict[str, Tensor], dict]:
+    """The features stage's output (features.safetensors, meta.json), checked: a truncated file, a missing
+    field or features pooled into other than `windows` windows is a DrllmError saying what to rerun."""
+    folder = Path(folder)
+    try:
+        tensors = load_file(folder / "features.safetensors")
+        meta = io.read_json(folder / "meta.json")
+    except (OSError, SafetensorError, ValueError) as err:
+        raise DrllmError(
+            f"cannot read the features in {folder} ({type(err).__name__}: {err}): rerun `dvc repro features`"
+        ) from None
+    missing = sorted({"features", "window_mask", "labels"} - set(tensors)) + sorted(
+        {"windows", "model", "fingerprint", "weights_sample", "tasks"} - set(meta)
+    )
+    if missing:
+        raise DrllmError(f"the features in {folder} lack {missing}: rerun `dvc repro features`")
+    if meta["windows"] != windows:
+        raise ConfigError(
+            f"train.windows is {windows} but the features in {folder} were pooled into {meta['windows']} "
+            "windows: run `dvc repro` (features reruns with the new windows)"
+        )
+    return tensors, meta
+
+
+def shuffled(tensors: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
+    """The shuffled-label control: every example gets another example's labels (or skip costs), its own
+    features: what routers learn from that is no function of the input."""
+    order = torch.randperm(len(tensors["labels"]), generator=torch.Generator().manual_seed(seed))
+    return tensors | {name: tensors[name][order] for name in LABEL_TENSORS if name in tensors}
+
+
+def train_on(tensors: dict[str, Tensor], router_config: RouterConfig, config: TrainConfig):
+    """A cost router on skip costs, else class routers on path labels (soft labels where present)."""
+    features, window_mask = tensors["features"], tensors["window_mask"]
+    if router_config.kind == "costs":
+        return train_cost_router(
+            features, window_mask, tensors["costs"], tensors["keeps"], router_config, config
+        )
+    targets = tensors["soft_labels"].float() if "soft_labels" in tensors else tensors["labels"]
+    return train_routers(features, window_mask, targets, router_config, config)
 
 
 def effective_number_weights(labels: Tensor, beta: float) -> Tensor:
@@ -295,17 +350,14 @@ def train_cost_router(
     candidates = torch.sort(candidates).values
     targets = torch.log(costs.double()[:, candidates] + COST_FLOOR)  # (N, M)
     train_x, train_y = pooled[train_idx], targets[train_idx]
-    history = []
+    history, unseen = [], {}
     for rank in RANKS:
         for penalty in PENALTIES:
-            history.append(
-                {
-                    "rank": rank,
-                    "penalty": penalty,
-                    "cv_mse": _cross_validated_mse(train_x, train_y, rank, penalty, config.seed),
-                }
-            )
-    best = min(history, key=lambda row: row["cv_mse"])
+            unseen[rank, penalty] = _out_of_fold(train_x, train_y, rank, penalty, config.seed)
+            cv_mse = torch.nanmean((unseen[rank, penalty] - train_y) ** 2).item()
+            history.append({"rank": rank, "penalty": penalty, "cv_mse": cv_mse})
+    best = min(history, key=lambda row: (math.isnan(row["cv_mse"]), row["cv_mse"]))
+    predicted = unseen[best["rank"], best["penalty"]]
     best["rank"] = _usable_rank(best["rank"], train_x)
     router_config = replace(
         router_config, candidates=candidates.tolist(), rank=min(best["rank"], len(train_idx))
@@ -313,9 +365,12 @@ def train_cost_router(
     routers = RouterSet(router_config)
     _fit(routers.cost, train_x, train_y, best["rank"], best["penalty"])
     with torch.no_grad():
-        predicted = routers.cost(train_x.float()).double()
-        # The knob's scale: the costs at which the training questions skip a given share of max_skips.
+        # The knob's scale: the costs at which the training questions skip a given share of max_skips, as
+        # predicted by routers that did not see them (in-sample predictions are cheaper than new questions').
+        if torch.isnan(predicted).all():  # too few questions to cross-validate: the router's own fit
+            predicted = routers.cost(train_x.float()).double()
         cheapest = predicted.sort(1).values[:, : config.max_skips]
+        cheapest = cheapest[~torch.isnan(cheapest)]
         routers.cost.quantiles.copy_(
             torch.quantile(
                 cheapest.flatten(), torch.linspace(0, 1, len(routers.cost.quantiles), dtype=torch.float64)
@@ -368,9 +423,10 @@ def _fit(router, x: Tensor, y: Tensor, rank: int, penalty: float) -> None:
         router.bias.copy_(bias.float())
 
 
-def _cross_validated_mse(x: Tensor, y: Tensor, rank: int, penalty: float, seed: int, folds: int = 5) -> float:
+def _out_of_fold(x: Tensor, y: Tensor, rank: int, penalty: float, seed: int, folds: int = 5) -> Tensor:
+    """Every row's predicted costs from a router fitted on the other folds (NaN where too few rows)."""
     order = torch.as_tensor(np.random.default_rng(seed).permutation(len(x)))
-    errors = []
+    predicted = torch.full_like(y, math.nan)
     for fold in range(folds):
         held = order[fold::folds]
         kept = torch.as_tensor(np.setdiff1d(order.numpy(), held.numpy()))
@@ -382,9 +438,8 @@ def _cross_validated_mse(x: Tensor, y: Tensor, rank: int, penalty: float, seed: 
         )
         _fit(router, x[kept], y[kept], rank, penalty)
         with torch.no_grad():
-            error = (router(x[held].float()).double() - y[held]) ** 2
-        errors.append(torch.nanmean(error).item())
-    return float(np.mean(errors)) if errors else math.inf
+            predicted[held] = router(x[held].float()).double()
+    return predicted
 
 
 def _cost_validation(
