@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from drllm_core.errors import ConfigError, config_from
+from drllm_core.errors import ConfigError, config_from, listed
 from drllm_core.evaluation import Configuration, EvaluationRunner, summarize
 from drllm_core.paths import LayerPath
 from drllm_core.prepare import sample
-from drllm_core.routing import check_knob
+from drllm_core.routing import check_knob, router_set_names
 from drllm_core.search_runner import SearchSettings
 from drllm_core.tasks.schema import Example
 
@@ -80,10 +80,13 @@ class CalibrateSettings:
         values = dict(params)
         knob = values.pop("knob", "auto")
         knob = None if knob == "auto" else check_knob(knob, "calibrate.knob (auto, or a number)")
-        grid = tuple(check_knob(v, "calibrate.grid") for v in values.pop("grid", None) or [])
+        grid = tuple(
+            check_knob(v, "calibrate.grid") for v in listed(values.pop("grid", None), "calibrate.grid")
+        )
         if knob is None and not grid:
             raise ConfigError("calibrate.grid is empty: list the knobs to try, e.g. [0.0, 0.1, 0.12, 0.14]")
         settings = config_from(cls, "calibrate", {**values, "knob": knob, "grid": grid})
+        router_set_names([settings.routers], "calibrate.routers")
         if settings.examples < 1:
             raise ConfigError(f"calibrate.examples must be at least 1, got {settings.examples}")
         return settings

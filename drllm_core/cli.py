@@ -15,14 +15,12 @@ import argparse
 import json
 import sys
 
-import pandas as pd
-
 from drllm_core.errors import DrllmError
 from drllm_core.inference import RoutedModel
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.routers import RouterSet
 from drllm_core.routing import check_knob
-from drllm_core.tasks.schema import examples_from_frame
+from drllm_core.tasks.schema import read_examples
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +79,10 @@ def _run(args) -> None:
         if value is not None and value < 1:
             raise DrllmError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     config = RouterSet.read_config(args.routers)
+    if args.command == "score":  # read before the model loads: a bad file is refused at once
+        examples = read_examples(args.examples)[: args.limit]
+        if not examples:
+            raise DrllmError(f"{args.examples} holds no examples")
     spec = args.model or config.base_model
     loaded = load_model(ModelSpec(spec=spec, dtype=args.dtype, device=args.device))
     routed = RoutedModel.from_folder(loaded, args.routers, force=args.force, knob=knob)
@@ -96,10 +98,9 @@ def _run(args) -> None:
                 )
             )
         return
-    examples = examples_from_frame(pd.read_parquet(args.examples))[: args.limit]
-    if not examples:
-        raise DrllmError(f"{args.examples} holds no examples")
-    decisions = routed.score(routed.scorer(), examples, args.batch_size)
+    scorer = routed.scorer()
+    scorer.check_lengths(examples)
+    decisions = routed.score(scorer, examples, args.batch_size)
     for example, decision in zip(examples, decisions, strict=True):
         print(
             json.dumps(

@@ -39,6 +39,15 @@ def config_from(cls, section: str, values: dict, ignore: tuple[str, ...] = ()):
     return cls(**chosen)
 
 
+def listed(value, where: str) -> list:
+    """`value` as a list (None: empty), or a ConfigError naming `where` (a YAML scalar where a list belongs)."""
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"params.yaml `{where}` must be a list, e.g. [{value!r}], got {value!r}")
+    return list(value)
+
+
 def typed(value, annotation, where: str):
     """`value` as the type `annotation` names (int, float, bool, str, or one of them | None), or a
     ConfigError naming `where`. Numbers may be written as strings ("4", and "1e-4", which YAML 1.1 reads as

@@ -26,13 +26,13 @@ from drllm_core import tracking
 from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.engine import HiddenState, token_batch
-from drllm_core.errors import ConfigError, DrllmError, config_from, typed
+from drllm_core.errors import ConfigError, DrllmError, config_from, listed, typed
 from drllm_core.inference import RoutedModel
 from drllm_core.models import LoadedModel, weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import sample
 from drllm_core.routers import RouterSet
-from drllm_core.routing import check_knob, read_router_config, routers_hash
+from drllm_core.routing import check_knob, read_router_config, router_set_names, routers_hash
 from drllm_core.stats import SCORE_COLUMNS, paired_comparison, wilson_interval
 from drllm_core.tasks.answers import Decision, cut_at_stops, decide_choice, decide_math
 from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods
@@ -393,15 +393,15 @@ class EvaluateSettings:
     @classmethod
     def from_params(cls, params: dict) -> EvaluateSettings:
         values = dict(params)
-        sweep = tuple(check_knob(v, "evaluate.knob_sweep") for v in values.pop("knob_sweep", None) or [])
-        other = tuple(str(name) for name in values.pop("other_routers", None) or [])
-        unsafe = [name for name in other if not name or "/" in name or name.startswith(".")]
-        if unsafe:  # names become folder and checkpoint file names
-            raise ConfigError(
-                f"evaluate.other_routers must be router set names (train.routers), got {unsafe}"
-            )
+        sweep = tuple(
+            check_knob(v, "evaluate.knob_sweep")
+            for v in listed(values.pop("knob_sweep", None), "evaluate.knob_sweep")
+        )
+        listed_other = listed(values.pop("other_routers", None), "evaluate.other_routers")
+        other = tuple(router_set_names(listed_other, "evaluate.other_routers"))
         budgets = tuple(
-            typed(b, int, "evaluate.static_budgets") for b in values.pop("static_budgets", None) or [1]
+            typed(b, int, "evaluate.static_budgets")
+            for b in listed(values.pop("static_budgets", [1]), "evaluate.static_budgets")
         )
         if any(b < 1 for b in budgets):
             raise ConfigError(

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from drllm_core.engine import Decide, Generation, PathEngine, token_batch
+from drllm_core.errors import ConfigError
 from drllm_core.models import LoadedModel
 from drllm_core.paths import EXECUTE, SKIP
 from drllm_core.routers import RouterSet, window_average, window_weights
@@ -63,8 +64,18 @@ class RoutedModel:
         self.layer_routers = self.routers.folded() if routers.config.kind == "classes" else []
         self.engine = engine or PathEngine(loaded.model)
         default = self.routing.knob if self.routing.knob is not None else 0.0
-        self.knob = check_knob(default if knob is None else knob, "the routing knob")
+        self.knob = default if knob is None else knob
         self.constraints = self.routing.constraints if enforce_constraints else None
+
+    @property
+    def knob(self) -> float:
+        return self._knob
+
+    @knob.setter
+    def knob(self, value) -> None:
+        """Any knob set (a served model's request param included) is checked: one outside [-1, 1] would route
+        as nobody measured, or fail in the middle of a batch."""
+        self._knob = check_knob(value, "the routing knob")
 
     @classmethod
     def from_folder(cls, loaded: LoadedModel, folder: str, force: bool = False, **options) -> RoutedModel:
@@ -161,6 +172,13 @@ class RoutedModel:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         tokenizer = self.loaded.tokenizer
         rows = [self.prompt_ids(p, chat_template) for p in prompts]
+        limit = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        too_long = [i for i, row in enumerate(rows) if limit and len(row) + max_new_tokens > limit]
+        if too_long:
+            raise ConfigError(
+                f"prompts {too_long[:5]} with {max_new_tokens} new tokens exceed the model's context of {limit} "
+                "tokens: shorten them or ask for fewer tokens"
+            )
         size = batch_size or max(len(rows), 1)
         order, paths = list(range(len(rows))), None
         if group_by_path and size < len(rows):  # one batch holds every prompt whatever their order
@@ -195,7 +213,9 @@ class RoutedModel:
         ]
         for example in examples:
             example.check()  # at least two non-empty choices
-        decisions = self.score(self.scorer(), examples, batch_size)
+        scorer = self.scorer()
+        scorer.check_lengths(examples)
+        decisions = self.score(scorer, examples, batch_size)
         return [
             RoutedChoice(ord(d.prediction) - ord("A"), d.scores, tuple(d.path), sum(d.path))
             for d in decisions

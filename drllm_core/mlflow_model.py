@@ -39,7 +39,7 @@ class RoutedLLM(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
-        self.routed.knob = float(params.get("knob", self.routed.knob))
+        self.routed.knob = params.get("knob", self.routed.knob)  # checked: a ConfigError outside [-1, 1]
         prompts = [str(p) for p in model_input["prompt"]]
         choices = list(model_input["choices"]) if "choices" in model_input else [None] * len(prompts)
         asked = [i for i, c in enumerate(choices) if c is not None and len(c)]

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import struct
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -36,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from drllm_core import io
 from drllm_core.errors import DrllmError, config_from
 from drllm_core.io import repository_root
 
@@ -286,26 +287,33 @@ def _converted_embedded(key: str, cache_dir: Path) -> Path:
             raise ModelLoadError(f"embedded model file {gguf} is missing: reinstall {entry.package}")
         stat = gguf.stat()
         source_id = {"file": entry.filename, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if marker.is_file() and json.loads(marker.read_text()) == source_id:
+    if _converted_from(marker) == source_id:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
-    try:
-        gguf = gguf or _assembled(entry, tmp / entry.filename)
-        log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
-        model, tokenizer = _dequantised(entry, gguf)
-        converted = tmp / "converted"
-        model.save_pretrained(converted)
-        tokenizer.save_pretrained(converted)
-        for notice in entry.notices:  # the weights' terms travel with them
-            shutil.copy(package_dir / notice, converted / Path(notice).name)
-        (converted / "drllm_source.json").write_text(json.dumps(source_id))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(converted, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # with a joined GGUF: not needed once converted
+    with FileLock(cache_dir / f".{key}.lock"):  # one process converts; the others then find it done
+        if _converted_from(marker) == source_id:
+            return target
+        with (
+            tempfile.TemporaryDirectory(prefix=f".{key}-gguf-", dir=cache_dir) as joined,
+            io.atomic_dir(target) as converted,
+        ):
+            gguf = gguf or _assembled(entry, Path(joined) / entry.filename)
+            log.info("converting embedded model %s from %s into %s (once)", key, gguf.name, target)
+            model, tokenizer = _dequantised(entry, gguf)
+            model.save_pretrained(converted)
+            tokenizer.save_pretrained(converted)
+            for notice in entry.notices:  # the weights' terms travel with them
+                shutil.copy(package_dir / notice, converted / Path(notice).name)
+            (converted / "drllm_source.json").write_text(json.dumps(source_id))
     return target
+
+
+def _converted_from(marker: Path) -> dict | None:
+    """What a converted cache folder was converted from (None: not converted, or the record is damaged)."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _assembled(entry: EmbeddedModel, path: Path) -> Path:

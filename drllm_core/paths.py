@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from drllm_core.errors import DrllmError
+from drllm_core.errors import ConfigError, DrllmError, typed
 
 SKIP, EXECUTE, REPEAT = 0, 1, 2
 CLASS_NAMES = ("skip", "execute", "repeat")  # a layer's count is its class: CLASS_NAMES[count]
@@ -33,9 +33,14 @@ class PathConstraints:
     def from_params(cls, search: dict) -> PathConstraints:
         """The limits of params.yaml's `search` section: the ones the labels were searched under, which
         routing and the static baselines keep to."""
-        return cls(
-            max_skip_run=search.get("max_skip_run", cls.max_skip_run), max_blocks=search.get("max_blocks")
-        )
+        skip_run = typed(search.get("max_skip_run", cls.max_skip_run), int | None, "search.max_skip_run")
+        blocks = typed(search.get("max_blocks"), int | None, "search.max_blocks")
+        if (skip_run is not None and skip_run < 0) or (blocks is not None and blocks < 1):
+            raise ConfigError(
+                f"search.max_skip_run must be at least 0 and search.max_blocks at least 1 (or null), got "
+                f"{skip_run} and {blocks}"
+            )
+        return cls(max_skip_run=skip_run, max_blocks=blocks)
 
     def budget(self, num_layers: int) -> int:
         return self.max_blocks if self.max_blocks is not None else 2 * num_layers

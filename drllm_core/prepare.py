@@ -86,11 +86,25 @@ def sample(examples: list[Example], limit: int | None, seed: int) -> list[Exampl
     return ranked if limit is None else ranked[:limit]
 
 
+@dataclass(frozen=True)
+class PrepareSettings:
+    """params.yaml's `prepare` section."""
+
+    seed: int = 0
+    max_malformed_share: float = 0.0
+    sets: dict | None = None  # set name -> entries (SetEntry.parse checks each)
+
+
 def build_sets(params: dict) -> tuple[dict[str, pd.DataFrame], dict]:
     """Frames per set and the manifest, from the `prepare` section of params.yaml."""
-    seed = int(params.get("seed", 0))
-    limit = float(params.get("max_malformed_share", 0.0))
-    sets_params = params.get("sets") or {}
+    settings = config_from(PrepareSettings, "prepare", params)
+    seed, limit, sets_params = settings.seed, settings.max_malformed_share, settings.sets or {}
+    if not 0 <= limit <= 1:
+        raise PrepareError(f"prepare.max_malformed_share must lie in [0, 1], got {limit}")
+    if not isinstance(sets_params, dict):
+        raise PrepareError(
+            f"prepare.sets must map set names ({', '.join(SET_NAMES)}) to lists, got {sets_params!r}"
+        )
     unknown = set(sets_params) - set(SET_NAMES)
     if unknown:
         raise PrepareError(f"unknown sets in prepare.sets: {sorted(unknown)}; use {', '.join(SET_NAMES)}")
@@ -98,7 +112,12 @@ def build_sets(params: dict) -> tuple[dict[str, pd.DataFrame], dict]:
     report = {"malformed": {}, "duplicates": {}, "removed_for_overlap": {}}
     for set_name in SET_NAMES:
         chosen: list[Example] = []
-        for item in sets_params.get(set_name) or []:
+        items = sets_params.get(set_name) or []
+        if not isinstance(items, list):
+            raise PrepareError(
+                f"prepare.sets.{set_name} must be a list of {{task: ...}} entries, got {items!r}"
+            )
+        for item in items:
             entry = SetEntry.parse(set_name, item)
             loaded = load_entry(entry)
             _check_malformed(set_name, entry, loaded, limit, report)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,20 @@ class Routing:
     def prompt_settings(self) -> TaskSettings:
         """How a raw prompt is formatted for these routers: `tasks.defaults`."""
         return default_settings(self.tasks)
+
+
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def router_set_names(names, where: str) -> list[str]:
+    """Router set names (train.routers' keys), which become folder and file names: letters, digits, `_` and
+    `-` only, so none escapes its folder (`../x`)."""
+    bad = [name for name in names if not isinstance(name, str) or not _SET_NAME.fullmatch(name)]
+    if bad:
+        raise ConfigError(
+            f"{where} must be router set names of letters, digits, _ and - (train.routers), got {bad}"
+        )
+    return list(names)
 
 
 KINDS = ("classes", "costs")

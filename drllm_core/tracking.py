@@ -14,6 +14,7 @@ register it at once; anything that changes what a version serves changes the has
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -27,6 +28,7 @@ from drllm_core.io import repository_root
 
 EXPERIMENT = "drllm"
 ROUTERS_HASH_TAG = "drllm.routers_hash"
+SERVING_TAG = "drllm.serving"  # the base model settings a version loads with (serving_key)
 KNOB_TAG = "drllm.knob"  # the knob a version serves at by default (its routers' calibrated knob)
 
 
@@ -153,8 +155,16 @@ def registered_model_name(base_model_name: str) -> str:
     return f"drllm-{base_model_name}"
 
 
-def find_version(name: str, routers_hash: str):
-    """The registered version holding this router folder, or None."""
+def serving_key(model_params: dict) -> str:
+    """What of params.yaml's `model` section changes what a version serves (the base model, its revision and
+    precision; not where its converted copy is cached, nor the device), as a short hash."""
+    served = {k: model_params.get(k) for k in ("spec", "revision", "dtype", "trust_remote_code")}
+    return hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def find_version(name: str, routers_hash: str, model_params: dict | None = None):
+    """The registered version holding this router folder (served with these `model` params, when given),
+    or None."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -162,7 +172,12 @@ def find_version(name: str, routers_hash: str):
         versions = MlflowClient().search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    matches = [v for v in versions if v.tags.get(ROUTERS_HASH_TAG) == routers_hash]
+    serving = None if model_params is None else serving_key(model_params)
+    matches = [
+        v
+        for v in versions
+        if v.tags.get(ROUTERS_HASH_TAG) == routers_hash and serving in (None, v.tags.get(SERVING_TAG))
+    ]
     return min(matches, key=lambda v: int(v.version)) if matches else None
 
 
@@ -197,14 +212,15 @@ def register_routers(
     alias: str = "candidate",
 ):
     """Log the router folder as a pyfunc and register it as a version of `name` with `alias`; a folder with
-    the same content hash is registered once, also when several processes register it at once. `knob` and
-    `chat_template` are the folder's routing (the served defaults). Returns (version, newly_registered)."""
+    the same content hash, served with the same `model_params` (serving_key), is registered once, also when
+    several processes register it at once. `knob` and `chat_template` are the folder's routing (the served
+    defaults). Returns (version, newly_registered)."""
     mlflow = configure()
     from mlflow import MlflowClient
 
     client = MlflowClient()
     with _lock(f"register-{name}"):
-        existing = find_version(name, routers_hash)
+        existing = find_version(name, routers_hash, model_params)
         if existing is None:
             model_file = Path(__file__).with_name("mlflow_model.py")
             with mlflow.start_run(
@@ -223,11 +239,34 @@ def register_routers(
             version = info.registered_model_version
             client.set_model_version_tag(name, version, ROUTERS_HASH_TAG, routers_hash)
             client.set_model_version_tag(name, version, KNOB_TAG, str(knob))
+            client.set_model_version_tag(name, version, SERVING_TAG, serving_key(model_params))
             found, newly = client.get_model_version(name, version), True  # with its tags
         else:
             found, newly = existing, False
         client.set_registered_model_alias(name, alias, found.version)
     return found, newly
+
+
+def load_served(name: str, alias: str = "champion"):
+    """The version of `name` holding `alias`, loaded as a pyfunc after its routers are checked against the
+    registry's record of them (the version's routers-hash tag): the artifact store cannot vouch for itself.
+    Loading runs the version's logged code (models from code): load only from stores you trust."""
+    import mlflow
+
+    from drllm_core.routing import routers_hash
+
+    configure()
+    version = version_by_alias(name, alias)
+    if version is None:
+        raise TrackingError(f"{name} has no version with the alias {alias!r} in {tracking_uri()}")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}"))
+    found, registered = routers_hash(local / "artifacts" / "routers"), version.tags.get(ROUTERS_HASH_TAG)
+    if found != registered:
+        raise TrackingError(
+            f"{name} version {version.version}: its routers hash to {found}, but the registry recorded "
+            f"{registered}: they were changed after registration; register them again"
+        )
+    return mlflow.pyfunc.load_model(str(local))
 
 
 def _signature(knob: float, chat_template: bool):

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> None:
-    gates = Gates.from_params(section(load_params(args.params), "promote"))
+    params = load_params(args.params)
+    gates = Gates.from_params(section(params, "promote"))
     name = tracking.registered_model_name(read_router_config(args.routers).base_model_name)
     digest = routers_hash(args.routers)
     evaluation = io.read_json(args.metrics)
@@ -43,7 +44,7 @@ def _main(args) -> None:
         )
     values = figures(evaluation, args.metrics)
     tracking.configure()
-    version = tracking.find_version(name, digest)
+    version = tracking.find_version(name, digest, section(params, "model"))
     if version is None:
         raise PromotionRefused(
             f"routers {args.routers} ({digest}) are not registered in {name}: run `dvc repro register`"

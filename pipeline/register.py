@@ -13,7 +13,7 @@ from __future__ import annotations
 from drllm_core import io, tracking
 from drllm_core.models import ModelSpec
 from drllm_core.routers import RouterSet
-from drllm_core.routing import routers_hash
+from drllm_core.routing import RouterMismatch, routers_hash
 from pipeline.common import load_params, log, parser, run, section
 
 
@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args) -> None:
     params = load_params(args.params)
-    config = RouterSet.read_config(args.routers)
+    config = RouterSet.load(args.routers).config  # whole and servable, or refused before registering
+    if not config.base_model_name:
+        raise RouterMismatch(
+            f"{args.routers}/config.json names no base model: retrain the routers (dvc repro)"
+        )
     name = tracking.registered_model_name(config.base_model_name)
     digest = routers_hash(args.routers)
     model = ModelSpec.from_params(section(params, "model"))

@@ -17,6 +17,7 @@ import pandas as pd
 from drllm_core import io, tracking
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.engine import PathEngine
+from drllm_core.errors import ConfigError, listed
 from drllm_core.labels import label_statistics
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import sample
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args) -> None:
     params = load_params(args.params)
     search_params = section(params, "search")
-    strategy = args.strategy or search_params.get("strategies", ["mcts"])[0]
+    strategies = listed(search_params.get("strategies"), "search.strategies")
+    if not args.strategy and not strategies:
+        raise ConfigError("search.strategies is empty: list at least one, e.g. [singles], or pass --strategy")
+    strategy = args.strategy or strategies[0]
     settings = SearchSettings.from_params(search_params, strategy)
     runtime = Runtime.from_params(params)
     model_params = section(params, "model")

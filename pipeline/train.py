@@ -16,14 +16,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-
 from drllm_core import io, tracking
-from drllm_core.errors import ConfigError
 from drllm_core.paths import PathConstraints
 from drllm_core.routing import RouterConfig, Routing, decision_layer
-from drllm_core.training import TrainConfig, train_cost_router, train_routers
+from drllm_core.training import TrainConfig, read_features, shuffled, train_on
 from pipeline.common import load_params, log, parser, run, section
 
 
@@ -53,22 +49,11 @@ def _main(args) -> None:
     config = TrainConfig.from_params(train_params)
     constraints = PathConstraints.from_params(section(params, "search"))
     tracking.configure()  # an unreachable store stops the stage before it works, not after
-    tensors = load_file(Path(args.features) / "features.safetensors")
-    meta = io.read_json(Path(args.features) / "meta.json")
-    if meta["windows"] != config.windows:
-        raise ConfigError(
-            f"train.windows is {config.windows} but the features in {args.features} were pooled into "
-            f"{meta['windows']} windows: run `dvc repro` (features reruns with the new windows)"
-        )
+    tensors, meta = read_features(args.features, config.windows)
     shuffle = args.shuffle_labels == "true"
-    if shuffle:  # the control: each example gets another example's labels (or costs)
-        order = torch.randperm(len(tensors["labels"]), generator=torch.Generator().manual_seed(config.seed))
-        tensors |= {
-            name: tensors[name][order]
-            for name in ("labels", "costs", "keeps", "soft_labels")
-            if name in tensors
-        }
-    features, window_mask = tensors["features"], tensors["window_mask"]
+    if shuffle:
+        tensors = shuffled(tensors, config.seed)
+    features = tensors["features"]
     kind = "costs" if "costs" in tensors else "classes"
     search_stats = io.read_json(Path(args.paths) / "stats.json")
     router_config = RouterConfig(
@@ -84,9 +69,7 @@ def _main(args) -> None:
             "data_manifest": io.read_json(Path(args.prepared) / "manifest.json")["sets"]["search"]["sha256"],
             "search": {k: v for k, v in search_stats.items() if k != "label_shares"},
             "label_shares": search_stats["label_shares"],
-            "train": asdict(
-                config
-            ),  # the training knobs only: adding a router set elsewhere changes nothing here
+            "train": asdict(config),  # the training knobs only: adding a router set elsewhere changes nothing
             "shuffled_labels": shuffle,
         },
         routing=Routing(
@@ -99,13 +82,7 @@ def _main(args) -> None:
         decision_layer=decision_layer(config.decision_depth, features.shape[1]),
     )
     start = time.perf_counter()
-    if kind == "costs":
-        result = train_cost_router(
-            features, window_mask, tensors["costs"], tensors["keeps"], router_config, config
-        )
-    else:
-        targets = tensors["soft_labels"].float() if "soft_labels" in tensors else tensors["labels"]
-        result = train_routers(features, window_mask, targets, router_config, config)
+    result = train_on(tensors, router_config, config)
     seconds = time.perf_counter() - start
     result.routers.save(args.out)
     metrics = result.metrics()

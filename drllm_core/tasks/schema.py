@@ -22,6 +22,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -91,19 +92,38 @@ def letter(index: int) -> str:
     return chr(ord("A") + index)
 
 
-def examples_from_frame(frame: pd.DataFrame) -> list[Example]:
-    """The examples of a prepared set (data/prepared/<set>.parquet)."""
-    fields = (
-        "example_id",
-        "task",
-        "question",
-        "choices",
-        "answer_index",
-        "answer",
-        "passage",
-        "source",
-        "split",
-    )
+EXAMPLE_FIELDS = (
+    "example_id",
+    "task",
+    "question",
+    "choices",
+    "answer_index",
+    "answer",
+    "passage",
+    "source",
+    "split",
+)
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """The examples of a parquet file in the prepared-set schema, or a DrllmError saying what is wrong."""
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise DrllmError(f"cannot read examples from {path} ({type(err).__name__}: {err})") from None
+    return examples_from_frame(frame, str(path))
+
+
+def examples_from_frame(frame: pd.DataFrame, where: str = "the prepared set") -> list[Example]:
+    """The examples of a prepared set (data/prepared/<set>.parquet); a frame without the schema's columns is
+    a DrllmError naming them."""
+    fields = EXAMPLE_FIELDS
+    missing = [name for name in fields if name not in frame]
+    if missing:
+        raise DrllmError(
+            f"{where} lacks the columns {missing} of the prepared-set schema ({', '.join(fields)}): write it "
+            "with the prepare stage"
+        )
     return [
         Example(
             **{

@@ -1,6 +1,7 @@
 """MLflow: a real `mlflow server` on localhost, driven over HTTP: registration keyed by the routers' hash,
 aliases, the pyfunc answering token-identically to drllm_core's routed generation, and promotion gates."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -240,3 +241,44 @@ def test_a_version_whose_routers_were_changed_after_registration_is_refused(serv
     config.write_text(config.read_text().replace('"windows": 4', '"windows": 3'))
     with pytest.raises(Exception, match="hash to .*, not to .* as registered"):
         mlflow.pyfunc.load_model(local)
+    # loading through the registry checks the routers against the registry's own record of them
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_registered_model_alias("drllm-tiny", "tampered", version.version)
+    assert (
+        tracking.load_served("drllm-tiny", "tampered").predict(pd.DataFrame({"prompt": ["Hi"]})) is not None
+    )
+    client.set_model_version_tag("drllm-tiny", version.version, tracking.ROUTERS_HASH_TAG, "0" * 16)
+    with pytest.raises(tracking.TrackingError, match="but the registry recorded 0000000000000000"):
+        tracking.load_served("drllm-tiny", "tampered")
+    client.set_model_version_tag(
+        "drllm-tiny", version.version, tracking.ROUTERS_HASH_TAG, routers_hash(folder)
+    )
+
+
+def test_a_version_is_keyed_by_everything_that_changes_what_it_serves(server, routers):
+    root, model_params, _ = routers
+    folder = str(root / "routers")
+    digest = routers_hash(folder)
+    base, _ = tracking.register_routers(folder, "drllm-keys", digest, model_params, 0.0, False)
+    bf16 = {**model_params, "dtype": "bfloat16"}  # the same routers on the base model in another precision
+    other, new = tracking.register_routers(folder, "drllm-keys", digest, bf16, 0.0, False)
+    assert new and other.version != base.version
+    assert tracking.find_version("drllm-keys", digest, bf16).version == other.version
+    moved = {**model_params, "cache_dir": "/elsewhere", "device": "cpu"}  # where, not what: the same version
+    assert (
+        tracking.register_routers(folder, "drllm-keys", digest, moved, 0.0, False)[0].version == base.version
+    )
+    trained = RouterSet.load(folder)
+    limits = dataclasses.replace(trained.config.routing, max_skip_run=1)
+    prompts = dataclasses.replace(trained.config.routing, tasks={"defaults": {"chat_template": True}})
+    for name, routing in (("limit", limits), ("format", prompts)):  # another skip-run limit, prompt format
+        changed = RouterSet(dataclasses.replace(trained.config, routing=routing))
+        changed.load_state_dict(trained.state_dict())
+        changed.save(root / name)
+        digest = routers_hash(root / name)
+        version, new = tracking.register_routers(
+            str(root / name), "drllm-keys", digest, model_params, 0.0, False
+        )
+        assert new and version.version not in (base.version, other.version), name

@@ -2,6 +2,8 @@
 
 import json
 
+import pandas as pd
+
 from drllm_core import cli
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.prepare import build_sets
@@ -122,5 +124,10 @@ def test_bad_options_are_errors(tmp_path, capsys):
     assert "--knob must be a number in [-1, 1], got '3'" in capsys.readouterr().err
     assert cli.main(["score", "--routers", routers, "--examples", "x.parquet", "--limit", "0"]) == 1
     assert "--limit must be at least 1, got 0" in capsys.readouterr().err
+    assert cli.main(["score", "--routers", routers, "--examples", str(tmp_path / "missing.parquet")]) == 1
+    assert "cannot read examples from" in capsys.readouterr().err
+    pd.DataFrame({"question": ["Why?"]}).to_parquet(tmp_path / "bare.parquet")
+    assert cli.main(["score", "--routers", routers, "--examples", str(tmp_path / "bare.parquet")]) == 1
+    assert "lacks the columns ['example_id', 'task', 'choices'" in capsys.readouterr().err
     assert cli.main(["generate", "--routers", str(tmp_path / "nowhere"), "Hi"]) == 1
     assert "cannot read router config" in capsys.readouterr().err

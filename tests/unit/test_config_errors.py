@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from drllm_core import io
+from drllm_core.calibration import CalibrateSettings
 from drllm_core.errors import ConfigError
+from drllm_core.paths import PathConstraints
 from drllm_core.routers import RouterSet
 from drllm_core.routing import RouterConfig, check_knob
 from drllm_core.runtime import Runtime
@@ -62,6 +64,19 @@ from tests.conftest import run_stage
         (lambda: Runtime.from_params({"runtime": {"workers": 0}}), "runtime.workers must be a whole number"),
         (lambda: Runtime.from_params({"runtime": {"speed_prompts": 0}}), "runtime.speed_prompts must be"),
         (lambda: SearchSettings.from_params({"margin": -1}, "mcts"), "search.margin must be at least 0"),
+        (
+            lambda: PathConstraints.from_params({"max_skip_run": "two"}),
+            "`search.max_skip_run` must be a whole",
+        ),
+        (lambda: PathConstraints.from_params({"max_blocks": 0}), "search.max_blocks at least 1"),
+        (
+            lambda: TrainConfig.from_params({"routers": {"../x": {}}}),
+            r"train.routers must be router set names",
+        ),
+        (
+            lambda: CalibrateSettings.from_params({"routers": "../../x", "knob": 0}),
+            "calibrate.routers must be",
+        ),
         (lambda: TrainConfig.from_params({"epoch": 5, "routers": {}}), r"`train`: \['epoch'\]"),
         (lambda: TrainConfig.from_params({"val_fraction": 0}), r"train.val_fraction must lie in \(0, 1\)"),
         (lambda: TrainConfig.from_params({"batch_size": 0}), "train.batch_size must be at least 1"),
@@ -106,7 +121,9 @@ def test_valid_sections_build_and_numbers_may_be_strings():
 
 
 def _evaluate(tmp_path, **evaluate):
-    config = RouterConfig(num_layers=2, hidden_size=4, bottleneck=3, provenance={"search": {"strategy": "singles"}})
+    config = RouterConfig(
+        num_layers=2, hidden_size=4, bottleneck=3, provenance={"search": {"strategy": "singles"}}
+    )
     RouterSet(config).with_knob(0.1).save(tmp_path / "drllm")
     settings = {"knob_sweep": [0.0], "other_routers": [], **evaluate}
     io.write_json(tmp_path / "params.json", {"search": {"max_skip_run": 2}, "evaluate": settings})
@@ -132,6 +149,8 @@ def _evaluate(tmp_path, **evaluate):
         ({"other_routers": ["chian"]}, r"names 'chian', but .* holds no router set"),
         ({"other_routers": ["../../etc"]}, r"evaluate.other_routers must be router set names"),
         ({"generation_questions": -1}, "evaluate.generation_questions must be at least 1, got -1"),
+        ({"knob_sweep": -1.0}, r"`evaluate.knob_sweep` must be a list, e.g. \[-1.0\]"),
+        ({"static_budgets": 2}, r"`evaluate.static_budgets` must be a list"),
         ({"static_examples": "many"}, "`evaluate.static_examples` must be a whole number, got 'many'"),
     ],
 )
@@ -167,12 +186,24 @@ def test_ray_workers_the_cluster_cannot_place_are_refused_instead_of_waiting_for
         ({"knob": 3.0}, r"routing.knob must be a number in \[-1, 1\], got 3.0"),
         ({"max_skip_run": -5}, "routing.max_skip_run must be a whole number of at least 0 or null, got -5"),
         ({"max_skips": 0}, "routing.max_skips must be a whole number of at least 1"),
+        ("truncated", r"cannot read .*routers.safetensors .* the file is missing or truncated"),
+        ("nameless", "config.json names no base model"),
     ],
 )
 def test_register_refuses_a_router_folder_that_could_not_serve(tmp_path, routing, message):
-    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3)).save(tmp_path / "drllm")
+    RouterSet(RouterConfig(num_layers=2, hidden_size=4, bottleneck=3, base_model_name="m")).save(
+        tmp_path / "drllm"
+    )
     config = io.read_json(tmp_path / "drllm" / "config.json")
-    io.write_json(tmp_path / "drllm" / "config.json", {**config, "routing": {**config["routing"], **routing}})
+    weights = tmp_path / "drllm" / "routers.safetensors"
+    if routing == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif routing == "nameless":
+        io.write_json(tmp_path / "drllm" / "config.json", {**config, "base_model_name": ""})
+    else:
+        io.write_json(
+            tmp_path / "drllm" / "config.json", {**config, "routing": {**config["routing"], **routing}}
+        )
     io.write_json(tmp_path / "params.json", {"model": {"spec": "unused"}})
     done = run_stage(
         "register",
@@ -187,11 +218,30 @@ def test_register_refuses_a_router_folder_that_could_not_serve(tmp_path, routing
     assert not (tmp_path / "r.json").exists()
 
 
-def test_train_refuses_features_pooled_into_other_windows(tmp_path):
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (None, "train.windows is 16 but the features .* were pooled into 8 windows"),
+        ("truncate", r"cannot read the features in .* rerun `dvc repro features`"),
+        ("no windows", r"the features in .* lack \['windows'\]: rerun `dvc repro features`"),
+    ],
+)
+def test_train_refuses_features_it_cannot_use(tmp_path, damage, message):
     features = tmp_path / "features"
     features.mkdir()
-    save_file({"labels": torch.ones(2, 6, dtype=torch.long)}, features / "features.safetensors")
-    io.write_json(features / "meta.json", {"windows": 8})
+    tensors = {
+        "features": torch.zeros(2, 6, 8, 4),
+        "window_mask": torch.ones(2, 8),
+        "labels": torch.ones(2, 6),
+    }
+    save_file(tensors, features / "features.safetensors")
+    meta = {"windows": 8, "model": "m", "fingerprint": "f", "weights_sample": [], "tasks": {}}
+    io.write_json(
+        features / "meta.json", {k: v for k, v in meta.items() if damage != "no windows" or k != "windows"}
+    )
+    if damage == "truncate":
+        data = (features / "features.safetensors").read_bytes()
+        (features / "features.safetensors").write_bytes(data[: len(data) // 2])
     io.write_json(
         tmp_path / "params.json", {"train": {"windows": 16, "routers": {"costs": {}}}, "search": {}}
     )
@@ -201,7 +251,7 @@ def test_train_refuses_features_pooled_into_other_windows(tmp_path):
         *("--out", tmp_path / "r", "--metrics", tmp_path / "m.json", "--plots", tmp_path / "plots"),
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "train.windows is 16 but the features" in done.stderr and "pooled into 8 windows" in done.stderr
+    assert re.search(message, done.stderr), done.stderr
     assert not (tmp_path / "r").exists()
 
 
@@ -217,3 +267,9 @@ def test_a_stage_whose_mlflow_store_cannot_be_reached_stops_before_it_works(tmp_
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cannot reach the MLflow store http://127.0.0.1:1" in done.stderr
     assert not (tmp_path / "drllm").exists() and not (tmp_path / "calibration.json").exists()
+
+
+def test_the_search_stage_needs_a_strategy(tmp_path):
+    io.write_json(tmp_path / "params.json", {"search": {"strategies": []}})
+    done = run_stage("search", "--params", tmp_path / "params.json")
+    assert done.returncode == 1 and "search.strategies is empty" in done.stderr

@@ -258,7 +258,7 @@ def test_the_calibrate_stage_writes_the_calibrated_folder_and_refuses_bad_knobs(
     pd.DataFrame([dataclasses.asdict(e) for e in EXAMPLES]).to_parquet(tmp_path / "search.parquet")
 
     def calibrate(knob, grid=(0.0, 0.1), search=None):
-        settings = {"knob": knob, "examples": 10, "grid": list(grid)}
+        settings = {"knob": knob, "examples": 10, "grid": list(grid) if isinstance(grid, tuple) else grid}
         params = {"search": search or {"max_examples": None, "seed": 0}, "calibrate": settings}
         io.write_json(tmp_path / "params.json", params)  # JSON is YAML
         return run_stage(
@@ -277,6 +277,7 @@ def test_the_calibrate_stage_writes_the_calibrated_folder_and_refuses_bad_knobs(
     assert bad_search.returncode == 1 and "search.max_examples must be at least 1" in bad_search.stderr
     assert "calibrate.grid is empty" in calibrate("auto", grid=()).stderr
     assert "calibrate.grid must be a number in [-1, 1], got 2" in calibrate("auto", grid=(0.0, 2)).stderr
+    assert "`calibrate.grid` must be a list, e.g. [0.5]" in calibrate("auto", grid=0.5).stderr
     nothing_held_out = calibrate("auto")  # the search used every search question
     assert (
         nothing_held_out.returncode == 1

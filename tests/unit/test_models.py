@@ -105,3 +105,23 @@ def test_fingerprint_and_sample_ignore_dtype_but_not_weights():
     for dtype in (torch.bfloat16, torch.float16):
         assert same_weights(weights_sample(tiny_model("llama", seed=0).to(dtype)), sample), dtype
     assert not same_weights(weights_sample(tiny_model("llama", seed=1)), sample)
+
+
+def test_the_model_cache_is_anchored_at_the_project_root(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "pipeline").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(project / "pipeline")  # a command run from a subfolder
+    assert ModelSpec(cache_dir="models/base").cache_path() == project / "models" / "base"
+    assert ModelSpec(cache_dir=str(tmp_path / "elsewhere")).cache_path() == tmp_path / "elsewhere"
+
+
+def test_a_damaged_conversion_record_means_convert_again(tmp_path):
+    from drllm_core.models import _converted_from
+
+    marker = tmp_path / "drllm_source.json"
+    assert _converted_from(marker) is None  # never converted
+    marker.write_text('{"file": "x.gguf", "si')  # cut while written by an older version
+    assert _converted_from(marker) is None
+    marker.write_text('{"file": "x.gguf"}')
+    assert _converted_from(marker) == {"file": "x.gguf"}

@@ -96,6 +96,15 @@ def test_bad_params_are_named(tmp_path):
         {"sets": {"search": [{"task": "mine", "source": "local", "path": search, "limit": "1"}]}}
     )
     assert len(frames["search"]) == 1  # a number written as a string
+    for bad, message in (
+        ({"seed": 1.9}, "`prepare.seed` must be a whole number, got 1.9"),
+        ({"seeed": 5}, r"unknown keys in params.yaml `prepare`: \['seeed'\]"),
+        ({"max_malformed_share": "abc"}, "`prepare.max_malformed_share` must be a number, got 'abc'"),
+        ({"max_malformed_share": 2}, r"max_malformed_share must lie in \[0, 1\], got 2"),
+        ({"sets": {"search": {"task": "mine"}}}, "prepare.sets.search must be a list"),
+    ):
+        with pytest.raises((ConfigError, PrepareError), match=message):
+            build_sets({"sets": {}, **bad})
 
 
 def _run_stage(params_file, out):

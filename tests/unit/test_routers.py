@@ -8,11 +8,12 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from drllm_core.engine import PathEngine
+from drllm_core.errors import ConfigError
 from drllm_core.features import build_features
 from drllm_core.inference import RoutedModel, rows_by_path
 from drllm_core.models import weights_fingerprint, weights_sample
 from drllm_core.paths import LayerPath
-from drllm_core.routers import RouterSet, pool_windows, window_average
+from drllm_core.routers import RouterSet, pool_windows, window_average, window_mean
 from drllm_core.routing import (
     RouterConfig,
     RouterMismatch,
@@ -263,6 +264,12 @@ def test_routed_model_decides_per_row_and_respects_skip_runs():
         assert answer.blocks == 2
     unconstrained = RoutedModel(loaded, routers, enforce_constraints=False).generate(["Hi"], max_new_tokens=2)
     assert unconstrained[0].path == (0,) * 6
+    with pytest.raises(
+        ConfigError, match=r"prompts \[1\] with 4 new tokens exceed the model's context of 512"
+    ):
+        routed.generate(["Hi", "x" * 600], max_new_tokens=4)  # refused before any forward
+    with pytest.raises(ConfigError, match="longer than the model's context of 512 tokens"):
+        routed.choose(["x" * 600], [["a", "b"]])
 
 
 def test_generation_grouped_by_path_gives_every_prompt_the_tokens_it_gets_alone():
@@ -321,6 +328,10 @@ def test_the_knob_comes_from_the_folder_unless_given(tmp_path):
     routers.with_knob(-0.3).save(tmp_path / "calibrated")
     assert RoutedModel.from_folder(loaded, tmp_path / "calibrated").knob == -0.3
     assert RoutedModel.from_folder(loaded, tmp_path / "calibrated", knob=0.2).knob == 0.2
+    routed = RoutedModel(loaded, routers)
+    for bad in (3.0, "high", float("nan")):  # a served request's knob is checked too
+        with pytest.raises(ConfigError, match="the routing knob must be a number in"):
+            routed.knob = bad
 
 
 def _reference_logits(routers, layer, windows, mask):
@@ -406,6 +417,12 @@ def test_a_cost_router_learns_which_skip_is_cheapest_and_beats_the_best_static_s
     assert bool((quantiles[1:] >= quantiles[:-1]).all())
     assert result.routers.cost.threshold(1.0) == -math.inf
     assert result.routers.cost.threshold(-1.0) == pytest.approx(float(quantiles[-1]))
+    # the knob counts skips: p skips (1 - p) / 2 * max_skips layers per training question on average
+    pooled = window_mean(features[:, 2].double(), mask).float()
+    predicted = result.routers.cost(pooled).tolist()
+    for knob, skips in ((-1.0, 2.0), (0.0, 1.0), (0.5, 0.5)):
+        plans = cost_decisions(predicted, [3, 4, 5], result.routers.cost.threshold(knob), max_skips=2)
+        assert sum(map(len, plans)) / len(plans) == pytest.approx(skips, abs=0.1)
 
 
 def test_cost_decisions_skip_the_cheapest_candidates_below_the_threshold():
