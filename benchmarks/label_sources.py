@@ -8,8 +8,8 @@ labelled questions at 1, 2 and 3 skipped layers:
   mcts-margin     the MCTS search's shortest path right by a margin (the previous default; the paper's rule)
   mcts-faithful   the MCTS search's shortest path keeping the vanilla answer by a margin (reward: faithful)
   mcts-soft       every rewarded path of mcts-margin, as soft labels weighted towards shorter paths (PoLar)
-  costs-1/costs-2 the skip cost of every single layer after the decision layer (singles), learned by a cost
-                  router that skips the cheapest candidate (costs-1) or up to two below a threshold (costs-2)
+  costs-1/costs-2 the skip cost of every single layer (singles), learned by a cost router at the decision layer
+                  that skips up to one (costs-1) or two (costs-2) of its candidates below a threshold
 
 Reported per source: label agreement between two search seeds (per layer; singles is deterministic), the
 routers' held-out metric against its trivial predictor, and accuracy and agreement with vanilla against
@@ -30,14 +30,16 @@ import torch
 from benchmarks.common import RESULTS, print_table, write_json
 from drllm_core.baselines import block_influence, lowest_influence_path, static_paths
 from drllm_core.checkpoint import Checkpoint
+from drllm_core.comparison import summarize
 from drllm_core.engine import PathEngine
-from drllm_core.evaluation import Configuration, EvaluationRunner, summarize
+from drllm_core.evaluation import Configuration, EvaluationRunner
 from drllm_core.features import build_features
 from drllm_core.io import read_yaml
+from drllm_core.labels import scored_paths
 from drllm_core.models import ModelSpec, load_model, weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import sample
-from drllm_core.routing import DECISION_DEPTH, RouterConfig, Routing, decision_layer
+from drllm_core.routing import RouterConfig, Routing, decision_layer
 from drllm_core.runtime import Runtime
 from drllm_core.search_runner import ExampleSearcher, SearchSettings, search_examples
 from drllm_core.tasks.schema import examples_from_frame
@@ -81,8 +83,7 @@ def main(argv=None):
     parser.add_argument("--search", type=int, default=200, help="search questions labelled by every source")
     parser.add_argument("--held-out", type=int, default=200, help="other search questions the routers route")
     parser.add_argument("--knobs", default="-0.2,0,0.14,0.3", help="class routers' knob grid")
-    parser.add_argument("--cost-knobs", default="-1,0,0.3,0.5,0.7", help="cost routers' knob grid")
-    parser.add_argument("--static-examples", type=int, default=48)
+    parser.add_argument("--cost-knobs", default="-1,-0.5,0,0.5", help="cost routers' knob grid")
     args = parser.parse_args(argv)
     params = read_yaml(args.params)
     loaded = load_model(ModelSpec.from_params(params["model"]))
@@ -121,12 +122,12 @@ def main(argv=None):
         if rule == "skip_cost":
             costs = torch.tensor([list(v) for v in kept["costs"]], dtype=torch.float64)
             keeps = torch.tensor([list(v) for v in kept["keeps"]], dtype=torch.float64)
-            depth = float(params["search"].get("decision_depth", DECISION_DEPTH))
+            singles = records
             for skips in (1, 2):
                 cost_config = replace(
                     config,
                     kind="costs",
-                    decision_layer=decision_layer(depth, layers),
+                    decision_layer=decision_layer(train.decision_depth, layers),
                     routing=replace(routing, max_skips=skips),
                 )
                 result = train_cost_router(
@@ -170,9 +171,10 @@ def main(argv=None):
             Configuration.routed(f"{name}@{float(k):+g}", ["held_out"], str(routed_dir / name), float(k))
             for k in knobs.split(",")
         ]
-    chosen = sample(labelled_set, args.static_examples, 0)
-    static, _ = static_paths(scorer, chosen, (1, 2, 3), constraints)
-    static["shortgpt_bi"] = {b: lowest_influence_path(block_influence(scorer, chosen), b) for b in (1, 2, 3)}
+    # the static yardstick: chosen on every labelled question, its first step from the singles search
+    static, _ = static_paths(scorer, labelled_set, (1, 2, 3), constraints, known=scored_paths(singles))
+    influence = block_influence(scorer, labelled_set)
+    static["shortgpt_bi"] = {b: lowest_influence_path(influence, b) for b in (1, 2, 3)}
     configs += [
         Configuration.static(f"{n}_{b}", ["held_out"], p)
         for n, paths in static.items()

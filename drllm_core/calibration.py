@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from drllm_core.comparison import summarize
 from drllm_core.errors import ConfigError, config_from, listed
-from drllm_core.evaluation import Configuration, EvaluationRunner, summarize
+from drllm_core.evaluation import Configuration, EvaluationRunner
 from drllm_core.paths import LayerPath
 from drllm_core.prepare import sample
 from drllm_core.routing import check_knob, router_set_names

@@ -1,16 +1,15 @@
-"""The evaluation runner: configurations scored on the same questions, checkpointed, summarised and compared.
+"""The evaluation runner: configurations scored on the same questions, checkpointed; and the evaluate stage's
+work on it: Dr.LLM against vanilla and the static baselines, and the documents it writes.
 
 A configuration is the vanilla model, a router set at a knob, or fixed paths (one for every question, or one
 per question). Every (configuration, question) result is checkpointed, so a long evaluation resumes; the
-checkpoint is named by everything the results depend on. Summaries carry 95% Wilson intervals, and
-comparisons are paired on the questions both configurations answered (drllm_core.stats).
+checkpoint is named by everything the results depend on. drllm_core.comparison summarises and compares the
+results; drllm_core.generation_check measures routing on generation.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from tqdm import tqdm
 from drllm_core import tracking
 from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
-from drllm_core.engine import HiddenState, token_batch
+from drllm_core.comparison import comparisons, summarize
+from drllm_core.engine import HiddenState
 from drllm_core.errors import ConfigError, DrllmError, config_from, listed, typed
 from drllm_core.inference import RoutedModel
 from drllm_core.models import LoadedModel, weights_fingerprint
@@ -33,12 +33,12 @@ from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import sample
 from drllm_core.routers import RouterSet
 from drllm_core.routing import check_knob, read_router_config, router_set_names, routers_hash
-from drllm_core.stats import SCORE_COLUMNS, paired_comparison, wilson_interval
-from drllm_core.tasks.answers import Decision, cut_at_stops, decide_choice, decide_math
+from drllm_core.stats import SCORE_COLUMNS
+from drllm_core.tasks.answers import Decision, decide_choice
 from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods
 from drllm_core.tasks.prompts import settings_for
 from drllm_core.tasks.schema import Example, letter
-from drllm_core.tasks.scorer import ExampleScorer, eos_token_ids
+from drllm_core.tasks.scorer import ExampleScorer
 
 log = logging.getLogger(__name__)
 
@@ -255,125 +255,6 @@ def result_rows(config: str, set_name: str, examples: Sequence[Example], decisio
         }
         for example, decision in zip(examples, decisions, strict=True)
     ]
-
-
-def with_agreement(results: pd.DataFrame) -> pd.DataFrame:
-    """The results with, per row, whether the prediction is the vanilla model's on the same question
-    (`agrees`) and the KL divergence of its choice distribution from vanilla's (`kl`, NaN for generated
-    answers): faithfulness, which at equal blocks tells a good skip from a lucky one with far less noise than
-    accuracy on a near-chance model."""
-    vanilla = results[results["config"] == "vanilla"].set_index(["set", "example_id"])
-    keys = list(zip(results["set"], results["example_id"], strict=True))
-    reference = vanilla.reindex(keys)
-    frame = results.copy()
-    frame["agrees"] = results["prediction"].to_numpy() == reference["prediction"].to_numpy()
-    frame["kl"] = [_kl(v, c) for v, c in zip(reference["scores"], results["scores"], strict=True)]
-    return frame
-
-
-def _kl(reference, scores) -> float:
-    if not isinstance(reference, list | np.ndarray) or len(reference) == 0 or len(scores) == 0:
-        return math.nan
-    p, q = (np.exp(np.asarray(x, float) - np.max(x)) for x in (reference, scores))
-    p, q = p / p.sum(), q / q.sum()
-    return float(np.sum(p * (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(q, 1e-12, 1)))))
-
-
-def summarize(results: pd.DataFrame, num_layers: int) -> pd.DataFrame:
-    """Per configuration x set x task (and task 'all'): accuracy with its 95% Wilson interval, blocks per
-    token, blocks saved, the number of distinct paths, and agreement with vanilla (95% Wilson interval) and
-    the mean KL divergence from it (see with_agreement)."""
-    rows = []
-    for (config, set_name), frame in with_agreement(results).groupby(["config", "set"], sort=False):
-        for task, part in [("all", frame), *frame.groupby("task", sort=True)]:
-            correct, n = int(part["correct"].sum()), len(part)
-            low, high = wilson_interval(correct, n)
-            blocks = float(part["blocks"].mean())
-            rows.append(
-                {
-                    "config": config,
-                    "set": set_name,
-                    "task": task,
-                    "n": n,
-                    "accuracy": correct / n,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "blocks_per_token": blocks,
-                    "blocks_saved": num_layers - blocks,
-                    "saved_pct": 100 * (1 - blocks / num_layers),
-                    "distinct_paths": int(part["path"].map(tuple).nunique()),
-                    "agreement": float(part["agrees"].mean()),
-                    "agreement_low": wilson_interval(int(part["agrees"].sum()), n)[0],
-                    "agreement_high": wilson_interval(int(part["agrees"].sum()), n)[1],
-                    "kl_from_vanilla": float(part["kl"].mean()) if part["kl"].notna().any() else math.nan,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def compare(results: pd.DataFrame, config: str, reference: str, set_name: str) -> dict | None:
-    """Paired comparison of two configurations on the questions both answered (None: no shared question):
-    accuracy, and agreement with vanilla (`agreement_*`; against vanilla itself it is the share changed)."""
-    frame = with_agreement(results)
-
-    def column(name: str, field: str) -> pd.Series:
-        chosen = frame[(frame["config"] == name) & (frame["set"] == set_name)]
-        return chosen.set_index("example_id")[field]
-
-    a, b = column(config, "correct"), column(reference, "correct")
-    shared = a.index.intersection(b.index)
-    if shared.empty:
-        return None
-    agreement = paired_comparison(
-        column(config, "agrees").loc[shared].tolist(), column(reference, "agrees").loc[shared].tolist()
-    )
-    return {
-        "config": config,
-        "reference": reference,
-        "set": set_name,
-        **paired_comparison(a.loc[shared].tolist(), b.loc[shared].tolist()),
-        **{f"agreement_{k}": v for k, v in agreement.items() if k != "n"},
-    }
-
-
-def comparisons(results: pd.DataFrame, references: Sequence[str], set_names: Sequence[str]) -> list[dict]:
-    """Every configuration against vanilla, and Dr.LLM against each of `references`, on each set both
-    answered."""
-    configs = list(dict.fromkeys(results["config"]))
-    pairs = [(c, "vanilla") for c in configs if c != "vanilla"] + [("drllm", r) for r in references]
-    found = (compare(results, a, b, s) for a, b in pairs for s in set_names)
-    return [c for c in found if c is not None]
-
-
-def speed_check(routed: RoutedModel, scorer: ExampleScorer, examples: Sequence[Example], tokens: int) -> dict:
-    """A small wall-clock check: routed vs vanilla greedy generation at batch 1 on the task prompts the
-    routers were evaluated on, the same number of new tokens for both (no stop at EOS), after a warm-up,
-    the two variants alternating. benchmarks/inference.py is the measurement; this is a smoke check."""
-    engine = routed.engine
-    timings = {"vanilla": 0.0, "drllm": 0.0}
-    blocks = []
-    for index, example in enumerate(examples):
-        ids = torch.tensor([scorer.prompt_ids(example)])
-        mask = torch.ones_like(ids)
-        for variant in timings:
-            decide = routed.decider(mask.bool()) if variant == "drllm" else None
-            if index == 0:
-                engine.generate(ids, None, mask, tokens, decide=decide)  # warm-up
-                decide = routed.decider(mask.bool()) if variant == "drllm" else None
-            start = time.perf_counter()
-            generation = engine.generate(ids, None, mask, tokens, decide=decide)
-            timings[variant] += time.perf_counter() - start
-            if variant == "drllm":
-                blocks.append(int(generation.counts.sum()))
-    layers = engine.num_layers
-    return {
-        "prompts": len(examples),
-        "new_tokens": tokens,
-        "vanilla_seconds": timings["vanilla"],
-        "drllm_seconds": timings["drllm"],
-        "time_saved_pct": 100 * (1 - timings["drllm"] / timings["vanilla"]),
-        "blocks_saved_pct": 100 * (1 - sum(blocks) / (len(blocks) * layers)),
-    }
 
 
 @dataclass(frozen=True)
@@ -676,83 +557,3 @@ def log_runs(evaluation: Evaluation, registered_model: str, generation: dict) ->
                 f"{ref}.mcnemar_p": comparison["mcnemar_p"],
             }
         tracking.log_stage("evaluate", {}, metrics, tags, name=f"evaluate-{config}")
-
-
-def generation_check(
-    routed: RoutedModel,
-    scorer: ExampleScorer,
-    questions: Sequence[Example],
-    problems: Sequence[Example],
-    max_new_tokens: int,
-    batch_size: int = 8,
-) -> tuple[dict, list[dict]]:
-    """Routing measured on what the registry serves, greedy generation in the served format: `questions`
-    (in-domain, asked open: the question alone as the user's turn) and `problems` (prompted and scored as
-    their task is, GSM8K style with math-verify), routed and vanilla. Per set: the share of continuations
-    identical to vanilla's, the mean number of tokens before the first divergence, the task score where a
-    reference exists, and blocks saved per token. Returns the figures and one row per prompt."""
-    layers = routed.loaded.num_layers
-    rows = []
-    for set_name, examples in (("open", list(questions)), ("math", list(problems))):
-        if set_name == "open":
-            prompts = [routed.prompt_ids(e.question) for e in examples]
-            tokens = [max_new_tokens] * len(examples)
-        else:
-            prompts = [scorer.prompt_ids(e) for e in examples]
-            tokens = [scorer.settings(e.task).max_new_tokens for e in examples]
-        for start in range(0, len(examples), batch_size):
-            chunk = slice(start, start + batch_size)
-            vanilla = _greedy(routed, prompts[chunk], max(tokens[chunk]), routed_paths=False)
-            drllm = _greedy(routed, prompts[chunk], max(tokens[chunk]), routed_paths=True)
-            for example, (v_tokens, _), (d_tokens, path) in zip(examples[chunk], vanilla, drllm, strict=True):
-                row = {
-                    "set": set_name,
-                    "example_id": example.example_id,
-                    "identical": v_tokens == d_tokens,
-                    "tokens_to_divergence": _common_prefix(v_tokens, d_tokens),
-                    "blocks_saved": layers - sum(path),
-                }
-                if set_name == "math":
-                    for name, generated in (("vanilla", v_tokens), ("drllm", d_tokens)):
-                        text = cut_at_stops(
-                            scorer.tokenizer.decode(generated, skip_special_tokens=True),
-                            scorer.prompt(example).stops,
-                        )
-                        row[f"{name}_correct"] = decide_math(text, example).correct
-                rows.append(row)
-    frame = pd.DataFrame(rows)
-    figures = {}
-    for set_name, part in frame.groupby("set", sort=False) if len(frame) else ():
-        figures[set_name] = {
-            "n": len(part),
-            "identical_share": float(part["identical"].mean()),
-            "mean_tokens_to_divergence": float(part["tokens_to_divergence"].mean()),
-            "blocks_saved": float(part["blocks_saved"].mean()),
-        }
-        if "vanilla_correct" in part and part["vanilla_correct"].notna().all():
-            figures[set_name] |= {
-                "vanilla_score": float(part["vanilla_correct"].mean()),
-                "drllm_score": float(part["drllm_correct"].mean()),
-            }
-    return figures, rows
-
-
-def _greedy(routed: RoutedModel, prompts: list[list[int]], max_new_tokens: int, routed_paths: bool):
-    """(generated token ids up to and with EOS, path) per prompt, vanilla or routed."""
-    tokenizer = routed.loaded.tokenizer
-    ids, mask = token_batch(prompts, tokenizer.pad_token_id, left=True)
-    decide = routed.decider(mask.bool()) if routed_paths else None
-    eos = eos_token_ids(routed.loaded.model, tokenizer)
-    out = routed.engine.generate(ids, None, mask, max_new_tokens, eos, tokenizer.pad_token_id, decide=decide)
-    return [
-        (out.tokens[row, : int(out.lengths[row])].tolist(), [int(c) for c in out.counts[row]])
-        for row in range(len(prompts))
-    ]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Tokens two generations share before they first differ (all of them when one is a prefix)."""
-    for index, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return index
-    return min(len(a), len(b))

@@ -25,15 +25,14 @@ from drllm_core.evaluation import (
     EvaluationRunner,
     check_prompt_format,
     evaluate_routers,
-    generation_check,
     headline,
     labels_folder,
     log_runs,
     metrics_document,
     pareto_rows,
     router_folders,
-    speed_check,
 )
+from drllm_core.generation_check import generation_check, speed_check
 from drllm_core.labels import scored_paths
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.paths import PathConstraints

@@ -9,20 +9,17 @@ import torch
 from drllm_core import io
 from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
 from drllm_core.calibration import calibrate_knob, choose_knob_from, held_out_search_questions
+from drllm_core.comparison import compare, summarize
 from drllm_core.engine import PathEngine
 from drllm_core.errors import ConfigError, DrllmError
 from drllm_core.evaluation import (
     Configuration,
     EvaluationRunner,
-    _common_prefix,
     check_prompt_format,
-    compare,
-    generation_check,
     headline,
     result_rows,
-    speed_check,
-    summarize,
 )
+from drllm_core.generation_check import _common_prefix, generation_check, speed_check
 from drllm_core.inference import RoutedModel
 from drllm_core.models import weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
