@@ -264,9 +264,8 @@ class EvaluateSettings:
     knob_sweep: tuple[float, ...] = ()  # Dr.LLM at other knobs, in-domain (the accuracy/compute trade-off)
     other_routers: tuple[str, ...] = ()  # router sets of train.routers compared in-domain at Dr.LLM's knob
     static_budgets: tuple[int, ...] = (1, 2, 3)  # skipped layers of the static baselines
-    static_examples: int | None = (
-        None  # labelled search questions that choose the static baselines (None: all)
-    )
+    static_examples: int | None = None  # labelled search questions choosing the static baselines (None: all)
+    static_shortlist: int = 5  # after the first skip, the greedy static paths try the layers best alone
     seed: int = 0
     generation_questions: int = 40  # in-domain questions asked open: routed generation against vanilla's
     generation_tokens: int = 48
@@ -290,7 +289,7 @@ class EvaluateSettings:
             )
         values |= {"knob_sweep": sweep, "other_routers": other, "static_budgets": tuple(sorted(set(budgets)))}
         settings = config_from(cls, "evaluate", values)
-        for name in ("static_examples", "generation_questions", "generation_tokens"):
+        for name in ("static_examples", "static_shortlist", "generation_questions", "generation_tokens"):
             if getattr(settings, name) is not None and getattr(settings, name) < 1:
                 raise ConfigError(f"evaluate.{name} must be at least 1, got {getattr(settings, name)}")
         return settings
@@ -366,7 +365,9 @@ def evaluate_routers(
     knob = RouterSet.read_routing(routers).knob
     chosen = sample(list(labelled), settings.static_examples, settings.seed)
     influence = block_influence(runner.scorer, chosen)
-    static, trace = static_paths(runner.scorer, chosen, settings.static_budgets, constraints, known=known)
+    static, trace = static_paths(
+        runner.scorer, chosen, settings.static_budgets, constraints, settings.static_shortlist, known
+    )
     static["shortgpt_bi"] = {b: lowest_influence_path(influence, b) for b in settings.static_budgets}
     first = min(settings.static_budgets)
     routed = [
