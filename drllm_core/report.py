@@ -28,6 +28,9 @@ FIGURES = {
 }
 
 
+OTHER_COLOURS = ("C0", "C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9")  # C3 (red) is Dr.LLM's alone
+
+
 def pareto_figure(eval_metrics: dict, path: Path) -> None:
     """Accuracy and agreement with vanilla against blocks per token, in-domain: each family of
     configurations (Dr.LLM over its knobs, each static baseline over its budgets) one line, the others
@@ -48,7 +51,8 @@ def pareto_figure(eval_metrics: dict, path: Path) -> None:
         ),
         strict=True,
     ):
-        for index, (family, members) in enumerate(sorted(families.items())):
+        others = [f for f in sorted(families) if f != "drllm"]
+        for family, members in sorted(families.items()):
             members = sorted(members, key=lambda m: m[1]["blocks_per_token"])
             x = [m[1]["blocks_per_token"] for m in members]
             y = [m[1][metric] for m in members]
@@ -56,7 +60,7 @@ def pareto_figure(eval_metrics: dict, path: Path) -> None:
             style = (
                 {"color": "C3", "marker": "*", "markersize": 11, "linewidth": 2}
                 if family == "drllm"
-                else {"color": f"C{index % 10}", "marker": "o"}
+                else {"color": OTHER_COLOURS[others.index(family) % len(OTHER_COLOURS)], "marker": "o"}
             )
             axis.errorbar(x, y, yerr=err, capsize=3, label=family, **style)
         axis.set_xlabel("blocks executed per token")

@@ -12,6 +12,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     Gemma3TextConfig,
@@ -24,6 +25,7 @@ from transformers import (
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from drllm_core.models import LoadedModel, ModelSpec
+from drllm_core.paths import LayerPath
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -116,6 +118,24 @@ def tiny_loaded(family: str = "llama", seed: int = 0) -> LoadedModel:
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def family_model(request):
     return tiny_model(request.param)
+
+
+def reordered_model_logits(model, counts, ids, attention_mask=None):
+    """Independent reference: rebuild the model's layer list in path order and call model(...) itself."""
+    layers = model.model.layers
+    config = model.config
+    order = LayerPath(tuple(counts)).order
+    saved = (layers, config.num_hidden_layers, getattr(config, "layer_types", None))
+    try:
+        model.model.layers = nn.ModuleList([layers[i] for i in order])
+        config.num_hidden_layers = len(order)
+        if saved[2] is not None:
+            config.layer_types = [saved[2][i] for i in order]
+        return model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
+    finally:
+        model.model.layers, config.num_hidden_layers = saved[0], saved[1]
+        if saved[2] is not None:
+            config.layer_types = saved[2]
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from drllm_core.models import EMBEDDED_MODELS, ModelSpec, load_model, weights_fi
 from drllm_core.paths import LayerPath
 from drllm_core.routers import RouterSet
 from drllm_core.routing import RouterConfig, RouterMismatch, routers_hash
+from tests.conftest import reordered_model_logits
 
 PROMPTS = ["Question: Which gas do plants take in from the air?\nAnswer:", "The capital of France is"]
 FAMILIES = {"smollm2-135m-instruct": "llama", "gemma3-270m": "gemma3_text"}
@@ -47,6 +48,25 @@ def test_default_path_is_exact_on_a_padded_fp32_batch(fp32):
     assert torch.equal(got[real], expected[real])
 
 
+def test_skips_and_repeats_equal_the_model_with_its_layers_reordered_past_the_sliding_window(fp32):
+    """An independent reference: the model's own forward with its layer list rebuilt in path order, on a
+    prompt longer than a sliding-window layer sees (Gemma 3: its local layers mask what lies further back)."""
+    window = getattr(fp32.model.config, "sliding_window", None) or 64
+    text = " ".join(f"Fact {i}: the number {i} comes after {i - 1}." for i in range(1, window))
+    ids = fp32.tokenizer(text, return_tensors="pt").input_ids[:, : window + 40]
+    assert ids.shape[1] == window + 40
+    layers = fp32.num_layers
+    engine = PathEngine(fp32.model)
+    for path in (
+        LayerPath.default(layers).with_count(3, 0).with_count(4, 0).with_count(9, 2),
+        LayerPath.default(layers).with_count(layers - 2, 0).with_count(1, 2).with_count(6, 0),
+    ):
+        got = engine.forward(ids, torch.tensor([path.counts]))
+        expected = reordered_model_logits(fp32.model, path.counts, ids)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(got[0, -1].argmax(), expected[0, -1].argmax())
+
+
 def test_generation_under_mixed_paths_matches_recomputation(fp32):
     tokenizer = fp32.tokenizer
     tokenizer.padding_side = "left"
@@ -64,6 +84,8 @@ def test_generation_under_mixed_paths_matches_recomputation(fp32):
     width = batch.input_ids.shape[1]
     for step, logits in enumerate(out.step_logits):
         torch.testing.assert_close(logits, recomputed[:, width - 1 + step], rtol=1e-3, atol=1e-3)
+    # greedy with the cache picks what a forward over the whole sequence (no cache) picks, at every step
+    assert torch.equal(out.tokens, recomputed[:, width - 1 : -1].argmax(-1))
     default = engine.generate(batch.input_ids, None, batch.attention_mask, max_new_tokens=10).tokens
     reference = fp32.model.generate(**batch, max_new_tokens=10, do_sample=False)[:, width:]
     assert torch.equal(default, reference)

@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-from torch import nn
 
 from drllm_core.engine import PathEngine
-from drllm_core.paths import LayerPath
-from tests.conftest import tiny_model
+from tests.conftest import reordered_model_logits, tiny_model
 
 L = 6
 
@@ -22,24 +20,6 @@ def _batch(lengths, vocab=256, seed=0, left=False):
         ids[row, span] = torch.randint(0, vocab, (n,), generator=g)
         mask[row, span] = 1
     return ids, mask
-
-
-def _reference_logits(model, counts, ids):
-    """Independent reference: rebuild the model's layer list in path order and call model(...) itself."""
-    layers = model.model.layers
-    config = model.config
-    order = LayerPath(tuple(counts)).order
-    saved = (layers, config.num_hidden_layers, getattr(config, "layer_types", None))
-    try:
-        model.model.layers = nn.ModuleList([layers[i] for i in order])
-        config.num_hidden_layers = len(order)
-        if saved[2] is not None:
-            config.layer_types = [saved[2][i] for i in order]
-        return model(input_ids=ids, use_cache=False).logits
-    finally:
-        model.model.layers, config.num_hidden_layers = saved[0], saved[1]
-        if saved[2] is not None:
-            config.layer_types = saved[2]
 
 
 MIXED = [
@@ -65,7 +45,9 @@ def test_paths_with_skips_and_repeats_match_a_reordered_model(family_model):
     engine = PathEngine(family_model)
     for counts in MIXED:
         got = engine.forward(ids, torch.tensor([counts]))
-        torch.testing.assert_close(got, _reference_logits(family_model, counts, ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            got, reordered_model_logits(family_model, counts, ids), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_mixed_paths_in_one_batch_equal_each_row_alone(family_model):
