@@ -162,9 +162,9 @@ def test_concurrent_first_runs_on_a_fresh_store_all_land_and_register_once(tmp_p
     assert len(client.search_model_versions("name = 'drllm-race'")) == 1
 
 
-def _promote(root, metrics, gates):
+def _promote(root, metrics, gates, model_params):
     params = root / "params.yaml"
-    params.write_text(yaml.safe_dump({"promote": gates}))
+    params.write_text(yaml.safe_dump({"promote": gates, "model": model_params}))
     io.write_json(root / "eval.json", metrics)
     return run_stage(
         "promote", "--params", params, "--routers", root / "routers", "--metrics", root / "eval.json"
@@ -196,18 +196,18 @@ def test_promotion_gates(server, routers):
             },
         }
 
-    refused = _promote(root, metrics(0.40, 4.5), gates)
+    refused = _promote(root, metrics(0.40, 4.5), gates, model_params)
     assert refused.returncode == 1 and "in-domain accuracy -10.00 points" in refused.stderr
-    diverging = _promote(root, metrics(0.51, 4.5, identical=0.1), gates)
+    diverging = _promote(root, metrics(0.51, 4.5, identical=0.1), gates, model_params)
     assert diverging.returncode == 1 and "10.0% of open answers generated as vanilla's" in diverging.stderr
-    promoted = _promote(root, metrics(0.51, 4.5), gates)
+    promoted = _promote(root, metrics(0.51, 4.5), gates, model_params)
     assert promoted.returncode == 0, promoted.stderr
     assert "candidate version" in promoted.stdout
     from mlflow import MlflowClient
 
     champion = MlflowClient().get_model_version_by_alias("drllm-tiny", "champion")
     assert champion.tags["drllm.blocks_saved"] == "1.5000"
-    stale = _promote(root, {**metrics(0.51, 4.5), "routers_hash": "other"}, gates)
+    stale = _promote(root, {**metrics(0.51, 4.5), "routers_hash": "other"}, gates, model_params)
     assert stale.returncode == 1 and "evaluated other routers" in stale.stderr
     RouterSet.load(root / "routers").with_knob(0.3).save(root / "unregistered")
     io.write_json(
