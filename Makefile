@@ -71,8 +71,8 @@ ui: setup
 
 # Queue the ablations as DVC experiments and run the queue (`dvc exp show` compares them; MLflow has the runs).
 ablations: setup
-	@dvc exp run --queue -n decision-depth-0.3 -S search.decision_depth=0.3
-	@dvc exp run --queue -n candidates-8 -S train.candidates=8
+	@dvc exp run --queue -n decision-depth-0.3 -S train.decision_depth=0.3
+	@dvc exp run --queue -n candidates-12 -S train.candidates=12
 	@dvc exp run --queue -n max-skips-1 -S train.max_skips=1
 	@dvc exp run --queue -n windows-16 -S train.windows=16
 	@dvc exp run --queue -n knob-0 -S calibrate.knob=0.0

@@ -1,28 +1,24 @@
-"""Router training cost: `python -m benchmarks.train` (needs data/paths/mcts from `dvc repro`).
+"""Router training cost: `python -m benchmarks.train` (needs the default pipeline's data/features/singles:
+`dvc repro features`).
 
-Builds the feature cache for the default search labels (one frozen-model pass along each labelled path) and
-trains the routers with the params.yaml settings, reporting wall time and peak memory of each step. Target:
-training <= 2 minutes on this CPU.
+Trains the routers as the train stage does (params.yaml `train`), on the real labels and on the shuffled
+control, `--repeats` times each, and reports the median wall time, its range and the peak memory. The base
+model is not loaded: training reads the cached features only. Target: training <= 2 minutes on this CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 
-import pandas as pd
 import torch
 
 from benchmarks.common import print_table, write_json
-from drllm_core.engine import PathEngine
-from drllm_core.features import build_features
 from drllm_core.io import read_yaml
-from drllm_core.models import ModelSpec, load_model
-from drllm_core.routing import RouterConfig
-from drllm_core.tasks.schema import examples_from_frame
-from drllm_core.tasks.scorer import ExampleScorer
-from drllm_core.training import TrainConfig, train_routers
+from drllm_core.routing import RouterConfig, decision_layer
+from drllm_core.training import TrainConfig, read_features, shuffled, train_on
 
 
 def peak_rss_mb() -> float:
@@ -34,51 +30,41 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--paths", default="data/paths/mcts/paths.parquet")
+    parser.add_argument("--features", default="data/features/singles")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    params = read_yaml(args.params)
-    config = TrainConfig.from_params(params["train"])
-    loaded = load_model(ModelSpec.from_params(params["model"]))
-    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks"))
-    paths = pd.read_parquet(args.paths)
-    search = pd.read_parquet("data/prepared/search.parquet").set_index("example_id")
-    examples = examples_from_frame(search.loc[list(paths["example_id"])].reset_index())
-    labels = torch.tensor([list(v) for v in paths["labels"]])
-    before = peak_rss_mb()
-    start = time.perf_counter()
-    features, window_mask = build_features(scorer, examples, labels, config.windows)
-    feature_seconds = time.perf_counter() - start
-    after_features = peak_rss_mb()
+    config = TrainConfig.from_params(read_yaml(args.params)["train"])
+    tensors, meta = read_features(args.features, config.windows)
+    features = tensors["features"]
+    kind = "costs" if "costs" in tensors else "classes"
     router_config = RouterConfig(
-        loaded.num_layers, loaded.model.config.hidden_size, config.bottleneck, config.windows
+        features.shape[1],
+        features.shape[-1],
+        config.bottleneck,
+        config.windows,
+        kind=kind,
+        decision_layer=decision_layer(config.decision_depth, features.shape[1]),
     )
-    start = time.perf_counter()
-    result = train_routers(features, window_mask, labels, router_config, config)
-    train_seconds = time.perf_counter() - start
-    rows = [
-        {
-            "step": "feature cache",
-            "examples": len(examples),
-            "seconds": feature_seconds,
-            "peak_rss_mb": after_features,
-            "rss_growth_mb": after_features - before,
-            "cache_mb": features.numel() * features.element_size() / 2**20,
-        },
-        {
-            "step": f"train {config.epochs} epochs",
-            "examples": result.train_examples,
-            "seconds": train_seconds,
-            "peak_rss_mb": peak_rss_mb(),
-            "rss_growth_mb": peak_rss_mb() - after_features,
-            "cache_mb": 0.0,
-        },
-    ]
-    print(
-        f"model {loaded.name}, {torch.get_num_threads()} threads; held-out macro-F1 {result.validation['macro_f1']:.3f} "
-        f"(majority {result.baselines['majority']['macro_f1']:.3f}, prior {result.baselines['prior']['macro_f1']:.3f})"
-    )
+    rows = []
+    for label, inputs in [("real labels", tensors), ("shuffled labels", shuffled(tensors, config.seed))]:
+        seconds = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            result = train_on(inputs, router_config, config)
+            seconds.append(time.perf_counter() - start)
+        rows.append(
+            {
+                "routers": f"{kind}, {label}",
+                "examples": result.train_examples + result.val_examples,
+                "median_seconds": statistics.median(seconds),
+                "min_seconds": min(seconds),
+                "max_seconds": max(seconds),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    print(f"model {meta['model']}, features {tuple(features.shape)}, {torch.get_num_threads()} threads")
     print_table("Router training cost (target: training <= 120 s)", rows)
-    write_json("train", {"model": loaded.name, "rows": rows, "val_macro_f1": result.validation["macro_f1"]})
+    write_json("train", {"model": meta["model"], "rows": rows})
 
 
 if __name__ == "__main__":
