@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,7 +48,12 @@ def render(root: Path = ROOT) -> str:
     licences = "; ".join(
         f"{name}: {EMBEDDED_MODELS[name].licence}" for name in found if name in EMBEDDED_MODELS
     )
-    return f"{HEADER}Model licences (README.md#licences): {licences}.\n\n{models_markdown(found)}"
+    commits = "; ".join(
+        f"{run.parent.name}: commit {io.read_json(run)['commit']}"
+        for run in sorted((root / "results").glob("*/run.json"))
+    )
+    runs_line = f"Runs: the default model's is this commit's `dvc.lock`; {commits or 'no other'}.\n\n"
+    return f"{HEADER}{runs_line}Model licences (README.md#licences): {licences}.\n\n{models_markdown(found)}"
 
 
 def snapshot(workspace: Path) -> Path:
@@ -62,6 +68,13 @@ def snapshot(workspace: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         shutil.copy(workspace / name, target / Path(name).name)
+    commit = subprocess.run(
+        ["git", "-C", str(workspace), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    io.write_json(target / "run.json", {"commit": commit})  # the code that ran, shown beside its figures
     return target
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,25 @@ def test_the_models_page_is_rendered_from_each_models_committed_metrics():
     page = (ROOT / "docs" / "models.md").read_text()
     assert page == models.render(), "run: python scripts/sync_models.py"
     assert all(f"## {name}" in page for name in runs)
+
+
+def test_a_copied_run_keeps_the_commit_that_ran_it(tmp_path, monkeypatch):
+    models = _script("sync_models")
+    workspace = tmp_path / "run"
+    for name in models.COPIED:
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name).write_text("{}")
+    (workspace / "models" / "drllm").mkdir(parents=True)
+    (workspace / "models" / "drllm" / "config.json").write_text('{"base_model_name": "tiny"}')
+    git = ["git", "-C", str(workspace), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "run"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    monkeypatch.setattr(models, "RESULTS", tmp_path / "results")
+    target = models.snapshot(workspace)
+    assert target == tmp_path / "results" / "tiny"
+    assert json.loads((target / "run.json").read_text()) == {"commit": head.strip()}
+    assert sorted(p.name for p in target.iterdir()) == ["calibration.json", "eval.json", "run.json"]
 
 
 def test_the_benchmarks_page_is_rendered_from_the_published_records():
