@@ -97,13 +97,18 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
-def _commit() -> str | None:
-    """The checked-out commit, with `+dirty` when tracked files differ from it (None outside git)."""
+PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "reports")  # what `dvc repro` rewrites in git
+
+
+def _commit(folder: Path = Path(__file__).parent) -> str | None:
+    """The checked-out commit, with `+dirty` when tracked files differ from it (None outside git). The
+    pipeline's own outputs do not count: a benchmark run beside a finished `dvc repro` measures the code."""
 
     def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=folder)
 
     head = git("rev-parse", "--short", "HEAD")
     if head.returncode:
         return None
-    return head.stdout.strip() + ("+dirty" if git("diff", "--quiet", "HEAD").returncode else "")
+    changed = git("diff", "--quiet", "HEAD", "--", ".", *(f":(exclude){p}" for p in PIPELINE_OUTPUTS))
+    return head.stdout.strip() + ("+dirty" if changed.returncode else "")

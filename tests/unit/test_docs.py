@@ -90,6 +90,24 @@ def test_a_benchmark_block_and_its_record_come_together():
         benchmarks.render(page, {"engine": record, "scale": record})
 
 
+def test_a_benchmark_beside_a_finished_pipeline_run_counts_as_committed_code(tmp_path):
+    from benchmarks.common import _commit
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "metrics").mkdir()
+    for name in ("code.py", "dvc.lock", "metrics/eval.json"):
+        (tmp_path / name).write_text("0")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    head = _commit(tmp_path)
+    (tmp_path / "dvc.lock").write_text("1")
+    (tmp_path / "metrics" / "eval.json").write_text("1")
+    assert _commit(tmp_path) == head and "+" not in head
+    (tmp_path / "code.py").write_text("1")
+    assert _commit(tmp_path) == f"{head}+dirty"
+
+
 def test_only_runs_of_committed_code_are_published(tmp_path):
     benchmarks = _script("sync_benchmarks")
     result = tmp_path / "engine.json"
