@@ -71,6 +71,7 @@ def main(argv=None):
     layer = decision_layer(train.decision_depth, layers)
     base = RouterConfig(layers, features.shape[-1], kind="costs", decision_layer=layer, windows=train.windows)
     config = replace(train, val_fraction=1 / count)  # every training question trains
+    pooled = window_mean(features[:, layer].double(), mask).float()  # what the routers read, every question
     sizes = [count - args.held_out if s == "all" else int(s) for s in args.train.split(",")]
     results: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for split in range(args.splits):
@@ -86,9 +87,8 @@ def main(argv=None):
                 )
                 cost = result.routers.cost.eval()
                 candidates = result.routers.config.candidates  # by mean kept answers: shuffling keeps them
-                pooled = window_mean(features[held, layer].double(), mask[held]).float()
                 with torch.no_grad():
-                    predicted = cost(pooled).numpy()
+                    predicted = cost(pooled[held]).numpy()
                 policies[name] = plans_at(predicted, candidates, args.blocks, train.max_skips)
             kept = np.nanmean(keeps[chosen][:, candidates], 0)
             ranked = [candidates[i] for i in np.argsort(-kept, kind="stable")]

@@ -46,6 +46,17 @@ def test_the_models_page_is_rendered_from_each_models_committed_metrics():
     assert all(f"## {name}" in page for name in runs)
 
 
+def _committed(folder: Path) -> str:
+    """A git repository of `folder`'s files, committed; its short head."""
+    git = ["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "c"], check=True)
+    return subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 def test_a_copied_run_keeps_the_commit_that_ran_it(tmp_path, monkeypatch):
     models = _script("sync_models")
     workspace = tmp_path / "run"
@@ -54,14 +65,11 @@ def test_a_copied_run_keeps_the_commit_that_ran_it(tmp_path, monkeypatch):
         (workspace / name).write_text("{}")
     (workspace / "models" / "drllm").mkdir(parents=True)
     (workspace / "models" / "drllm" / "config.json").write_text('{"base_model_name": "tiny"}')
-    git = ["git", "-C", str(workspace), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "run"], check=True)
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    head = _committed(workspace)
     monkeypatch.setattr(models, "RESULTS", tmp_path / "results")
     target = models.snapshot(workspace)
     assert target == tmp_path / "results" / "tiny"
-    assert json.loads((target / "run.json").read_text()) == {"commit": head.strip()}
+    assert json.loads((target / "run.json").read_text()) == {"commit": head}
     assert sorted(p.name for p in target.iterdir()) == ["calibration.json", "eval.json", "run.json"]
 
 
@@ -93,14 +101,11 @@ def test_a_benchmark_block_and_its_record_come_together():
 def test_a_benchmark_beside_a_finished_pipeline_run_counts_as_committed_code(tmp_path):
     from benchmarks.common import _commit
 
-    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     (tmp_path / "metrics").mkdir()
     for name in ("code.py", "dvc.lock", "metrics/eval.json"):
         (tmp_path / name).write_text("0")
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
-    head = _commit(tmp_path)
+    head = _committed(tmp_path)
+    assert _commit(tmp_path) == head
     (tmp_path / "dvc.lock").write_text("1")
     (tmp_path / "metrics" / "eval.json").write_text("1")
     assert _commit(tmp_path) == head and "+" not in head
