@@ -85,6 +85,7 @@ bench: setup
 	@python -m benchmarks.tasks
 	@python -m benchmarks.search
 	@python -m benchmarks.train
+	@python -m benchmarks.skip_costs
 	@python -m benchmarks.label_sources
 	@python -m benchmarks.inference
 	@python -m benchmarks.scale
