@@ -325,11 +325,24 @@ class PathEngine:
     def logits(self, state: HiddenState, positions: Tensor | None = None) -> Tensor:
         """Final norm and lm_head only where asked: positions (B, P) token indices -> (B, P, V) in the model's
         dtype, as model(...) returns them (upcast before a softmax). None means every position."""
-        assert state.layer == self.num_layers, f"state is at layer {state.layer}, not after the last layer"
-        hidden = state.hidden
+        hidden = self._final_hidden(state)
         if positions is not None:
             positions = positions.to(hidden.device)
             hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return self._head(hidden)
+
+    @torch.no_grad()
+    def logits_at(self, state: HiddenState, rows: Tensor, positions: Tensor) -> Tensor:
+        """(K, V) logits at K (row, position) pairs: scoring asks for a few scattered positions per row, and
+        on a large vocabulary (Gemma's 262k) the lm_head costs more than the decoder layers."""
+        hidden = self._final_hidden(state)
+        return self._head(hidden[rows.to(hidden.device), positions.to(hidden.device)])
+
+    def _final_hidden(self, state: HiddenState) -> Tensor:
+        assert state.layer == self.num_layers, f"state is at layer {state.layer}, not after the last layer"
+        return state.hidden
+
+    def _head(self, hidden: Tensor) -> Tensor:
         logits = self.model.lm_head(self.decoder.norm(hidden))
         softcap = getattr(self.config, "final_logit_softcapping", None)
         if softcap is not None:

@@ -113,14 +113,23 @@ class PackedBatch:
 
 
 def choice_loglikelihoods(engine: PathEngine, state: HiddenState, batch: PackedBatch) -> Tensor:
-    """(B, C) summed log-probabilities of each choice; -inf where a row has fewer choices."""
-    logits = engine.logits(state, batch.predict_at).float()  # (B, N, V)
-    logprobs = torch.log_softmax(logits, dim=-1)
-    targets = batch.targets.to(logprobs.device)
-    token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, N)
-    choice = batch.target_choice.to(logprobs.device)
-    slots = torch.where(choice < 0, batch.num_choices, choice)  # padding goes to a spare slot
-    sums = torch.zeros(token_lp.shape[0], batch.num_choices + 1, device=logprobs.device)
-    sums.scatter_add_(1, slots, token_lp.masked_fill(choice < 0, 0.0))
-    counted = torch.zeros_like(sums).scatter_add_(1, slots, (choice >= 0).float())
-    return sums[:, :-1].masked_fill(counted[:, :-1] == 0, -math.inf).cpu()
+    """(B, C) summed log-probabilities of each choice; -inf where a row has fewer choices.
+
+    The lm_head runs once per distinct scored position (a question's choices share the position predicting
+    their first tokens; padding has none), and each token's log-probability is its logit minus the
+    position's logsumexp, without a (K, V) log_softmax: on Gemma's 262k vocabulary this head is most of a
+    question's cost.
+    """
+    rows, slots = torch.nonzero(batch.target_choice >= 0, as_tuple=True)
+    width = batch.input_ids.shape[1]
+    keys, inverse = torch.unique(rows * width + batch.predict_at[rows, slots], return_inverse=True)
+    logits = engine.logits_at(state, keys // width, keys % width).float()  # (K, V)
+    device = logits.device
+    inverse = inverse.to(device)
+    targets = batch.targets[rows, slots].to(device)
+    token_lp = (logits[inverse, targets] - torch.logsumexp(logits, dim=-1)[inverse]).cpu()
+    index = (rows, batch.target_choice[rows, slots])
+    shape = (batch.input_ids.shape[0], batch.num_choices)
+    sums = torch.zeros(shape).index_put_(index, token_lp, accumulate=True)
+    counted = torch.zeros(shape).index_put_(index, torch.ones_like(token_lp), accumulate=True)
+    return sums.masked_fill(counted == 0, -math.inf)
