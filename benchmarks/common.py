@@ -3,6 +3,7 @@ table and a JSON file under benchmarks/results/."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -17,6 +18,13 @@ from drllm_core import io
 from drllm_core.report import columns_of
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def command_line(description: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark, its module docstring as the help text."""
+    return argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def interleaved_samples(

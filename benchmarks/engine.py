@@ -10,11 +10,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from benchmarks.common import interleaved_times, print_table, write_json
+from benchmarks.common import command_line, interleaved_times, print_table, write_json
 from drllm_core.engine import PathEngine
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.paths import LayerPath
@@ -130,9 +128,7 @@ def bench_prefix_reuse(engine, tokenizer, length, suffixes, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="model spec")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--prompt-tokens", type=int, default=150)

@@ -16,7 +16,6 @@ once per call, whatever the rows) is small.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import pandas as pd
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from benchmarks.common import (
     TimedRouting,
+    command_line,
     interleaved_samples,
     interleaved_times,
     medians,
@@ -97,9 +97,7 @@ def share_of_ideal(vanilla: float, routed: float, no_blocks: float, saved_share:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--routers", default="models/drllm")
     parser.add_argument("--model", default=None, help="default: the routers' base model")
     parser.add_argument("--new-tokens", type=int, default=64)

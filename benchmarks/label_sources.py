@@ -19,7 +19,6 @@ a rerun resumes.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import RESULTS, print_table, write_json
+from benchmarks.common import RESULTS, command_line, print_table, write_json
 from drllm_core.baselines import block_influence, lowest_influence_path, static_paths
 from drllm_core.checkpoint import Checkpoint
 from drllm_core.comparison import summarize
@@ -76,9 +75,7 @@ def layer_agreement(first: pd.DataFrame, second: pd.DataFrame, column: str = "la
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--search", type=int, default=200, help="search questions labelled by every source")
     parser.add_argument("--held-out", type=int, default=200, help="other search questions the routers route")

@@ -29,7 +29,6 @@ The record holds the benchmark's own wall time (the issue's budget: 20 minutes o
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
@@ -40,7 +39,14 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from benchmarks.common import TimedRouting, interleaved_samples, medians, print_table, write_json
+from benchmarks.common import (
+    TimedRouting,
+    command_line,
+    interleaved_samples,
+    medians,
+    print_table,
+    write_json,
+)
 from benchmarks.inference import ideal_saving, share_of_ideal
 from drllm_core.engine import PathEngine
 from drllm_core.inference import RoutedModel, rows_by_path
@@ -325,9 +331,7 @@ def projection(cost: dict, gpu_tflops: float, utilisation: float, block_call_ms:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {sorted(SHAPES)}")
     parser.add_argument("--layers", type=int, default=6, help="decoder layers of the speed models")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])

@@ -8,13 +8,12 @@ examples with a kept path, W->C rate, mean blocks saved by kept paths, label agr
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import print_table, write_json
+from benchmarks.common import command_line, print_table, write_json
 from drllm_core.io import read_yaml
 from drllm_core.labels import LabelRule, labelled
 from drllm_core.models import ModelSpec, load_model
@@ -45,9 +44,7 @@ def agreement(first: pd.DataFrame, second: pd.DataFrame) -> tuple[float, float]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--examples", type=int, default=50)
     parser.add_argument("--budgets", default="10,25,50")

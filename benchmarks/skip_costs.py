@@ -19,7 +19,6 @@ search questions, never a test set.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from dataclasses import replace
 
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import print_table, write_json
+from benchmarks.common import command_line, print_table, write_json
 from drllm_core.io import read_yaml
 from drllm_core.routers import window_mean
 from drllm_core.routing import RouterConfig, cost_decisions, decision_layer
@@ -51,9 +50,7 @@ def changed_share(keeps: np.ndarray, plans: list[list[int]]) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--features", default="data/features/singles")
     parser.add_argument("--splits", type=int, default=20)

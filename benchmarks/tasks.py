@@ -6,12 +6,11 @@ prints accuracy with its 95% Wilson interval, the sample size and the examples s
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from benchmarks.common import print_table, write_json
+from benchmarks.common import command_line, print_table, write_json
 from drllm_core.engine import PathEngine
 from drllm_core.io import read_yaml
 from drllm_core.models import ModelSpec, load_model
@@ -22,9 +21,7 @@ from drllm_core.tasks.scorer import ExampleScorer
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)

@@ -8,14 +8,13 @@ model is not loaded: training reads the cached features only. Target: training <
 
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import time
 
 import torch
 
-from benchmarks.common import print_table, write_json
+from benchmarks.common import command_line, print_table, write_json
 from drllm_core.io import read_yaml
 from drllm_core.routing import RouterConfig, decision_layer
 from drllm_core.training import TrainConfig, read_features, shuffled, train_on
@@ -26,9 +25,7 @@ def peak_rss_mb() -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--features", default="data/features/singles")
     parser.add_argument("--repeats", type=int, default=3)
