@@ -131,5 +131,5 @@ def choice_loglikelihoods(engine: PathEngine, state: HiddenState, batch: PackedB
     index = (rows, batch.target_choice[rows, slots])
     shape = (batch.input_ids.shape[0], batch.num_choices)
     sums = torch.zeros(shape).index_put_(index, token_lp, accumulate=True)
-    counted = torch.zeros(shape).index_put_(index, torch.ones_like(token_lp), accumulate=True)
-    return sums.masked_fill(counted == 0, -math.inf)
+    present = torch.zeros(shape, dtype=torch.bool).index_put_(index, torch.tensor(True))
+    return sums.masked_fill(~present, -math.inf)
