@@ -17,6 +17,7 @@ once per call, whatever the rows) is small.
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -103,7 +104,17 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds, at least 2")
     parser.add_argument("--knob", type=float, default=None, help="default: the routers' calibrated knob")
+    parser.add_argument(
+        "--prompts",
+        default="data/prepared/eval_id.parquet",
+        help="the test questions whose prompts are timed",
+    )
     args = parser.parse_args(argv)
+    if not Path(args.prompts).is_file():
+        parser.error(
+            f"{args.prompts} does not exist: run `dvc repro prepare` here, or pass --prompts with the "
+            "eval_id.parquet of the workspace that trained the routers"
+        )
     if args.repeats < 2:
         parser.error(
             f"--repeats must be at least 2 (the per-round quartiles need two rounds), got {args.repeats}"
@@ -111,7 +122,7 @@ def main(argv=None):
     loaded = load_model(ModelSpec(spec=args.model or read_router_config(args.routers).base_model))
     routed = RoutedModel.from_folder(loaded, args.routers, knob=args.knob)
     scorer = routed.scorer()
-    examples = examples_from_frame(pd.read_parquet("data/prepared/eval_id.parquet"))
+    examples = examples_from_frame(pd.read_parquet(args.prompts))
     pad = loaded.tokenizer.pad_token_id
     batches = [
         token_batch([scorer.prompt_ids(e) for e in examples[:size]], pad, left=True) for size in (1, 8)
