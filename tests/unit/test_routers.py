@@ -405,7 +405,7 @@ def test_a_cost_router_learns_which_skip_is_cheapest_and_beats_the_best_static_s
     features, mask, costs, keeps = _cost_data()
     config = RouterConfig(6, 8, windows=2, kind="costs", decision_layer=2, candidates=[5])
     result = train_cost_router(
-        features, mask, costs, keeps, config, TrainConfig(candidates=3, val_fraction=0.3)
+        features, mask, costs, keeps, config, TrainConfig(candidates=3, val_fraction=0.3, max_skips=2)
     )
     validation = result.validation
     assert result.routers.config.candidates == [3, 4, 5]  # layers after the decision layer
