@@ -180,7 +180,9 @@ class EvaluationRunner:
     def _shared_decisions(
         self, configs: Sequence[Configuration], batch: Sequence[Example], wanted: dict[str, list[int]]
     ) -> dict[str, list[Decision]]:
-        """Decisions of each configuration on the rows of one batch it wants, resuming from vanilla."""
+        """Decisions of each configuration on the rows of one batch it wants, resuming from vanilla. A path
+        two configurations give the same question (neighbouring knobs, static paths chosen alike) is run
+        once: on the default model, calibration's knobs share most of their paths."""
         engine, layers = self.scorer.engine, self.scorer.engine.num_layers
         packed = PackedBatch.collate([self.scorer.pack(e) for e in batch], self.scorer.tokenizer.pad_token_id)
         state = packed.embed(engine)
@@ -190,37 +192,45 @@ class EvaluationRunner:
             state = engine.run(state, engine.default_paths(len(batch)), stop=layer + 1)
         entering.append(state.hidden)
         vanilla = choice_loglikelihoods(engine, state, packed)
+        plans = {  # configuration -> its rows and their (R, L) counts
+            c.name: (wanted[c.name], self._known_counts(c, batch, packed, entering)[wanted[c.name]])
+            for c in configs
+            if wanted[c.name]
+        }
+        distinct = list(  # (row, path) of every path that skips or repeats, once
+            dict.fromkeys(
+                (row, path)
+                for rows, counts in plans.values()
+                for row, path in zip(rows, map(tuple, counts.tolist()), strict=True)
+                if any(c != 1 for c in path)
+            )
+        )
+        scored = {}
+        for start in range(0, len(distinct), self.batch_size):
+            chunk = distinct[start : start + self.batch_size]
+            counts = torch.tensor([path for _, path in chunk])
+            starts = [next(i for i, c in enumerate(path) if c != 1) for _, path in chunk]
+            counts[torch.arange(layers) < torch.tensor(starts)[:, None]] = 0  # run from the first change on
+            rows = [row for row, _ in chunk]
+            resumed = state.select(rows)
+            hidden = torch.cat(
+                [entering[s][row : row + 1] for (row, _), s in zip(chunk, starts, strict=True)]
+            )
+            resumed = HiddenState(
+                hidden, resumed.position_ids, resumed.masks, resumed.position_embeddings, min(starts)
+            )
+            scores = choice_loglikelihoods(engine, engine.run(resumed, counts), packed.select(rows))
+            scored |= dict(zip(chunk, scores, strict=True))
         results = {}
-        for config in configs:
-            rows = wanted[config.name]
-            if not rows:
-                continue
-            counts = self._known_counts(config, batch, packed, entering)[rows]  # (R, L)
-            executes = counts == 1
-            starts = [int(row.logical_not().nonzero()[0]) if not row.all() else layers for row in executes]
-            scores = vanilla[rows].clone()
-            moving = [i for i, start in enumerate(starts) if start < layers]
-            if moving:
-                first = min(starts[i] for i in moving)
-                run_counts = counts[moving].clone()
-                for index, row in enumerate(moving):
-                    run_counts[index, : starts[row]] = 0
-                hidden = torch.cat([entering[starts[i]][rows[i] : rows[i] + 1] for i in moving])
-                resumed = state.select([rows[i] for i in moving])
-                resumed = HiddenState(
-                    hidden, resumed.position_ids, resumed.masks, resumed.position_embeddings, first
-                )
-                final = engine.run(resumed, run_counts)
-                scores[moving] = choice_loglikelihoods(
-                    engine, final, packed.select([rows[i] for i in moving])
-                )
+        for name, (rows, counts) in plans.items():
             decisions = []
-            for index, row in enumerate(rows):
+            for row, path in zip(rows, map(tuple, counts.tolist()), strict=True):
                 example = batch[row]
-                decision = decide_choice(scores[index], example, self.scorer.settings(example.task))
-                decision.path = tuple(int(c) for c in counts[index])
+                scores = scored.get((row, path), vanilla[row])
+                decision = decide_choice(scores, example, self.scorer.settings(example.task))
+                decision.path = path
                 decisions.append(decision)
-            results[config.name] = decisions
+            results[name] = decisions
         return results
 
     def _known_counts(self, config, batch, packed, entering) -> Tensor:

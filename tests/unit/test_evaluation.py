@@ -214,6 +214,22 @@ def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_ea
     )
 
 
+def test_a_path_several_configurations_share_is_run_once(tmp_path):
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    skip = LayerPath((1, 1, 1, 1, 0, 1))
+    runs = {}
+    for names in (["skip_4"], ["skip_4", "same_path"]):
+        runner = EvaluationRunner(
+            loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / str(len(names)), "c", 4
+        )
+        before = scorer.engine.counter.rows
+        runs[len(names)] = runner.run_many([Configuration.static(n, ["eval_id"], skip) for n in names])
+        runs[len(names)]["block_rows"] = scorer.engine.counter.rows - before
+    assert runs[2]["block_rows"] == runs[1]["block_rows"]
+    assert [r["scores"] for r in runs[2]["same_path"]] == [r["scores"] for r in runs[1]["skip_4"]]
+
+
 def test_agreement_with_vanilla_and_its_paired_test(tmp_path):
     scorer = _scorer()
     vanilla = result_rows("vanilla", "eval_id", EXAMPLES, scorer.score(EXAMPLES))
