@@ -218,16 +218,16 @@ def test_a_path_several_configurations_share_is_run_once(tmp_path):
     loaded = tiny_loaded()
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
     skip = LayerPath((1, 1, 1, 1, 0, 1))
-    runs = {}
+    rows, block_rows = {}, {}
     for names in (["skip_4"], ["skip_4", "same_path"]):
         runner = EvaluationRunner(
             loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / str(len(names)), "c", 4
         )
         before = scorer.engine.counter.rows
-        runs[len(names)] = runner.run_many([Configuration.static(n, ["eval_id"], skip) for n in names])
-        runs[len(names)]["block_rows"] = scorer.engine.counter.rows - before
-    assert runs[2]["block_rows"] == runs[1]["block_rows"]
-    assert [r["scores"] for r in runs[2]["same_path"]] == [r["scores"] for r in runs[1]["skip_4"]]
+        rows[len(names)] = runner.run_many([Configuration.static(n, ["eval_id"], skip) for n in names])
+        block_rows[len(names)] = scorer.engine.counter.rows - before
+    assert block_rows[2] == block_rows[1]
+    assert [r["scores"] for r in rows[2]["same_path"]] == [r["scores"] for r in rows[1]["skip_4"]]
 
 
 def test_agreement_with_vanilla_and_its_paired_test(tmp_path):
