@@ -301,6 +301,59 @@ class PathEngine:
             hidden = self._run_calls(schedule, hidden, state, cache)
         return HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, stop)
 
+    @torch.no_grad()
+    def run_trie(
+        self,
+        base: HiddenState,
+        items: Sequence[tuple[int, tuple[int, ...]]],
+        resume: Sequence[tuple[int, Tensor]],
+        remember: Callable[[int, tuple[int, ...], Tensor], None] | None = None,
+        max_rows: int | None = None,
+    ) -> HiddenState:
+        """Several paths per input run as a trie of their prefixes: each layer runs once per distinct
+        (input, prefix), so paths that part at layer l share every layer before it.
+
+        items: (row of `base`, counts) per path; `base` gives each input's masks and positions.
+        resume: per item, (start, hidden (1, T, D)): the state entering layer `start` along the item's own
+          prefix of that length, which its caller already has (a cache, or the vanilla states).
+        remember: called with (row, prefix, hidden) for every prefix state computed, to cache it.
+        max_rows: rows per forward, at most (the trie's width can reach one row per item).
+        Returns the state after the last layer, one row per item, in the order of `items`."""
+        layers = self.num_layers
+        level = {  # (row, prefix) -> the state after that prefix, for the prefixes the next layer grows
+            (row, tuple(counts[:start])): hidden
+            for (row, counts), (start, hidden) in zip(items, resume, strict=True)
+        }
+        for layer in range(min((start for start, _ in resume), default=layers), layers):
+            grown = list(
+                dict.fromkeys(
+                    (row, tuple(counts[: layer + 1]))
+                    for (row, counts), (start, _) in zip(items, resume, strict=True)
+                    if start <= layer
+                )
+            )
+            runs = [(row, prefix) for row, prefix in grown if prefix[layer] > 0]
+            width = max_rows or len(runs) or 1
+            for chunk in (runs[i : i + width] for i in range(0, len(runs), width)):
+                counts = torch.zeros(len(chunk), layers, dtype=torch.long)
+                counts[:, layer] = torch.tensor([prefix[layer] for _, prefix in chunk])
+                state = base.select([row for row, _ in chunk])
+                state.hidden = torch.cat([level[(row, prefix[:layer])] for row, prefix in chunk])
+                state.layer = layer
+                hidden = self.run(state, counts, stop=layer + 1).hidden
+                level |= {key: hidden[i : i + 1] for i, key in enumerate(chunk)}
+            level |= {
+                (row, prefix): level[(row, prefix[:layer])] for row, prefix in grown if prefix[layer] == 0
+            }
+            if remember is not None:
+                for row, prefix in grown:
+                    remember(row, prefix, level[(row, prefix)])
+            level = {key: hidden for key, hidden in level.items() if len(key[1]) > layer}
+        final = base.select([row for row, _ in items])
+        final.hidden = torch.cat([level[(row, tuple(counts))] for row, counts in items])
+        final.layer = layers
+        return final
+
     def _run_calls(self, schedule: Schedule, hidden: Tensor, state: HiddenState, cache) -> Tensor:
         for call in schedule.calls:
             hidden = self._run_call(call, hidden, state, cache)

@@ -25,7 +25,6 @@ from drllm_core import tracking
 from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.comparison import comparisons, summarize
-from drllm_core.engine import HiddenState
 from drllm_core.errors import ConfigError, DrllmError, config_from, listed, typed
 from drllm_core.inference import RoutedModel
 from drllm_core.models import LoadedModel, weights_fingerprint
@@ -206,21 +205,17 @@ class EvaluationRunner:
             )
         )
         scored = {}
-        for start in range(0, len(distinct), self.batch_size):
-            chunk = distinct[start : start + self.batch_size]
-            counts = torch.tensor([path for _, path in chunk])
-            starts = [next(i for i, c in enumerate(path) if c != 1) for _, path in chunk]
-            counts[torch.arange(layers) < torch.tensor(starts)[:, None]] = 0  # run from the first change on
-            rows = [row for row, _ in chunk]
-            resumed = state.select(rows)
-            hidden = torch.cat(
-                [entering[s][row : row + 1] for (row, _), s in zip(chunk, starts, strict=True)]
-            )
-            resumed = HiddenState(
-                hidden, resumed.position_ids, resumed.masks, resumed.position_embeddings, min(starts)
-            )
-            scores = choice_loglikelihoods(engine, engine.run(resumed, counts), packed.select(rows))
-            scored |= dict(zip(chunk, scores, strict=True))
+        if distinct:
+            resume = []  # each path from the vanilla state entering its first skipped or repeated layer
+            for row, path in distinct:
+                first = next(i for i, c in enumerate(path) if c != 1)
+                resume.append((first, entering[first][row : row + 1]))
+            final = engine.run_trie(state, distinct, resume, max_rows=self.batch_size)
+            for start in range(0, len(distinct), self.batch_size):  # the lm_head's logits, a chunk at a time
+                chunk = range(start, min(start + self.batch_size, len(distinct)))
+                rows = [distinct[i][0] for i in chunk]
+                scores = choice_loglikelihoods(engine, final.select(list(chunk)), packed.select(rows))
+                scored |= dict(zip((distinct[i] for i in chunk), scores, strict=True))
         results = {}
         for name, (rows, counts) in plans.items():
             decisions = []

@@ -6,8 +6,8 @@ with as little compute as the engine allows:
 * prefix reuse: the hidden state after every layer of every scored path is kept (up to a memory budget,
   least recently used first out), keyed by the counts up to that layer; a new path starts from the longest
   prefix still cached;
-* batching: several paths run in one forward, each row starting at its own layer (rows that have not reached
-  their start layer yet run nothing: their counts are zero there);
+* batching: the paths scored together run as a trie (`PathEngine.run_trie`): one row per distinct prefix
+  and layer, so paths that leave the default path at different layers share its states up to there;
 * packed choices: the question context and all its choices are one row (drllm_core.tasks.packing).
 Generation-scored tasks (math) have no choices to pack: their paths are scored by batched generation.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from drllm_core.engine import HiddenState, PathEngine
+from drllm_core.engine import PathEngine
 from drllm_core.errors import ConfigError
 from drllm_core.paths import LayerPath
 from drllm_core.tasks.answers import Decision, choice_decision, decide_choice
@@ -137,22 +137,19 @@ class PathRewards:
         return [self._outcome(d, p) for d, p in zip(decisions, paths, strict=True)]
 
     def _score_packed(self, paths: list[LayerPath]) -> list[Outcome]:
-        counts = torch.tensor([p.counts for p in paths])  # (P, L)
-        starts = [self._longest_cached_prefix(p) for p in paths]
-        first = min(starts)
-        # Row i starts from its cached state at layer starts[i]; before that it must run nothing.
-        run_counts = counts.clone()
-        for row, start in enumerate(starts):
-            run_counts[row, :start] = 0
-        hidden = torch.cat([self._states[p.counts[:s]] for p, s in zip(paths, starts, strict=True)])
-        state = self._root.select([0] * len(paths))
-        state = HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, layer=first)
-        for layer in range(first, self.engine.num_layers):
-            state = self.engine.run(state, run_counts, stop=layer + 1)
-            for row, path in enumerate(paths):
-                if layer >= starts[row]:
-                    self._remember(path.counts[: layer + 1], state.hidden[row : row + 1])
-        scores = choice_loglikelihoods(self.engine, state, self._batch.repeat(len(paths)))
+        """Each path resumes from its longest cached prefix, and paths scored together share the layers
+        of their common prefixes (static selection scores several paths of one question at once)."""
+        resume = []
+        for path in paths:
+            start = self._longest_cached_prefix(path)
+            resume.append((start, self._states[path.counts[:start]]))
+        final = self.engine.run_trie(
+            self._root,
+            [(0, path.counts) for path in paths],
+            resume,
+            remember=lambda row, prefix, hidden: self._remember(prefix, hidden),
+        )
+        scores = choice_loglikelihoods(self.engine, final, self._batch.repeat(len(paths)))
         decisions = [decide_choice(scores[row], self.example, self.settings) for row in range(len(paths))]
         return [self._outcome(d, p) for d, p in zip(decisions, paths, strict=True)]
 

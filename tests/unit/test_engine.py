@@ -73,6 +73,32 @@ def test_prefix_reuse_continues_several_suffixes_exactly(family_model):
     assert prefix.layer == 3
 
 
+def test_a_trie_of_paths_runs_each_shared_prefix_once_and_equals_each_path_alone(family_model):
+    ids, mask = _batch([7, 5])
+    engine = PathEngine(family_model)
+    base = engine.embed(ids, mask)
+    entering = engine.run(base, engine.default_paths(2), stop=2)  # both rows resume at layer 2
+    items = [
+        (0, (1, 1, 0, 1, 1, 1)),
+        (0, (1, 1, 0, 2, 1, 1)),  # shares layers 2 (skipped) with the path above
+        (1, (1, 1, 0, 1, 1, 1)),  # the first path on another input: nothing shared
+        (0, (1, 1, 1, 1, 0, 1)),
+        (0, (1, 1, 0, 1, 1, 1)),  # a duplicate: run once
+    ]
+    resume = [(2, entering.hidden[row : row + 1]) for row, _ in items]
+    remembered = []
+    before = engine.counter.rows
+    final = engine.run_trie(base, items, resume, remember=lambda *key: remembered.append(key[:2]), max_rows=2)
+    # one row per distinct (input, prefix) and layer call: layer 2 runs for the last distinct path only;
+    # layer 3 for the 4 distinct paths, once more for the repeat; layer 4 for all but the one skipping it
+    assert engine.counter.rows - before == 1 + (4 + 1) + 3 + 4
+    assert len(remembered) == len(set(remembered)) == 3 + 4 * 3  # every new prefix state, once
+    logits = engine.logits(final)
+    for item, (row, counts) in enumerate(items):
+        alone = engine.forward(ids[row : row + 1], torch.tensor([counts]), attention_mask=mask[row : row + 1])
+        torch.testing.assert_close(logits[item], alone[0], rtol=1e-5, atol=1e-5)
+
+
 def test_logits_only_at_requested_positions(family_model):
     ids, _ = _batch([6, 6])
     engine = PathEngine(family_model)

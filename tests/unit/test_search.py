@@ -156,6 +156,21 @@ def test_prefix_reusing_rewards_agree_with_plain_scoring_and_cost_less():
     assert rewards.layer_evaluations == before
 
 
+def test_paths_scored_together_run_each_shared_prefix_once():
+    scorer = _scorer()
+    layers = scorer.engine.num_layers
+    paths = [DEFAULT.with_count(3, 0), DEFAULT.with_count(3, 0).with_count(4, 0), DEFAULT.with_count(4, 0)]
+    together = PathRewards(scorer, QUESTION)
+    outcomes = together(paths)
+    # layers 0-2 once for all three; layer 3 for the path that runs it; layer 4 for the one of the two
+    # prefixes that runs it; then every layer after for each path
+    assert together.layer_evaluations == 3 + 1 + 1 + 3 * (layers - 5)
+    for path, outcome in zip(paths, outcomes, strict=True):
+        alone = PathRewards(scorer, QUESTION)([path])[0]
+        assert outcome.scores == pytest.approx(alone.scores, abs=1e-5)
+        assert outcome.prediction == alone.prediction
+
+
 def test_the_prefix_cache_keeps_to_its_budget_and_changes_no_outcome():
     scorer = _scorer()
     paths = _random_paths(12, seed=3)
