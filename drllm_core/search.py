@@ -320,10 +320,9 @@ def _random(tracker: _Tracker, rng: np.random.Generator) -> None:
 def _singles(tracker: _Tracker, rng: np.random.Generator) -> None:
     """Every single-layer skip: what skipping each layer alone does to the answer, the data of the skip-cost
     labels and of the static baselines' first step. Each path shares the default path up to its skipped
-    layer, so the L skips cost about L / 2 forwards."""
+    layer, so the L skips cost about L / 2 forwards; they are scored in one batch, not `parallel` at a
+    time (nothing here needs virtual loss), which runs each layer once for all the rows that reach it."""
     layers = tracker.num_layers
     default = LayerPath.default(layers)
     paths = [default.with_count(layer, SKIP) for layer in range(layers)]
-    paths = [p for p in paths if p.is_valid(layers, tracker.config.constraints)]
-    for start in range(0, len(paths), tracker.config.parallel):
-        tracker.score(paths[start : start + tracker.config.parallel])
+    tracker.score([p for p in paths if p.is_valid(layers, tracker.config.constraints)])
