@@ -5,7 +5,9 @@
    saved as a share of the ideal saving (target >= 90%). The ideal assumes the skipped blocks cost what an
    average block costs, against all the work of a step: block time is measured as the default step time
    minus the time of a step that runs no block (embedding, masks, final norm, lm_head, sampling);
-3. prefix reuse: 8 paths sharing their first half, run as one prefix + 8 suffixes vs 8 full paths.
+3. prefix reuse: 8 paths sharing their first half, run as one prefix + 8 suffixes vs 8 full paths;
+4. a trie of paths (`run_trie`): every single-layer skip of one prompt (the `singles` search's paths) run as
+   a trie, which runs the default path's layers once up to each skip, vs every path in full in one batch.
 """
 
 from __future__ import annotations
@@ -127,6 +129,37 @@ def bench_prefix_reuse(engine, tokenizer, length, suffixes, repeats):
     }
 
 
+def bench_trie(engine, tokenizer, length, repeats):
+    ids = prompts(tokenizer, 1, length)
+    layers = engine.num_layers
+    paths = [LayerPath.default(layers).with_count(layer, 0).counts for layer in range(layers)]
+    last = torch.full((layers, 1), length - 1)
+
+    def trie():
+        base = engine.embed(ids)
+        final = engine.run_trie(base, [(0, p) for p in paths], [(0, base.hidden)] * layers)
+        return engine.logits(final, last)
+
+    def recompute():
+        return engine.forward(ids.expand(layers, -1), torch.tensor(paths), positions=last)
+
+    rows = {}
+    for name, run in (("trie", trie), ("recompute", recompute)):
+        before = engine.counter.rows
+        run()
+        rows[name] = engine.counter.rows - before
+    torch.testing.assert_close(trie(), recompute(), rtol=1e-2, atol=1e-2)
+    times = interleaved_times({"trie": trie, "recompute": recompute}, repeats)
+    return {
+        "test": f"trie of the {layers} single skips",
+        "batch": layers,
+        "recompute_ms": 1000 * times["recompute"],
+        "trie_ms": 1000 * times["trie"],
+        "saving_pct": 100 * (1 - times["trie"] / times["recompute"]),
+        "ideal_saving_pct": 100 * (1 - rows["trie"] / rows["recompute"]),
+    }
+
+
 def main(argv=None):
     parser = command_line(__doc__)
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="model spec")
@@ -155,10 +188,12 @@ def main(argv=None):
         for b in (1, 8)
     ]
     reuse = [bench_prefix_reuse(engine, loaded.tokenizer, args.prompt_tokens, 8, args.repeats)]
+    trie = [bench_trie(engine, loaded.tokenizer, args.prompt_tokens, args.repeats)]
     print(f"model {loaded.name}, dtype {loaded.dtype}, {torch.get_num_threads()} threads")
     print_table("Forward: path engine on the default path vs model(...)", forward)
     print_table("Greedy generation: time saved vs the ideal saving", generation)
     print_table("Prefix reuse", reuse)
+    print_table("A trie of paths", trie)
     write_json(
         "engine",
         {
@@ -168,6 +203,7 @@ def main(argv=None):
             "forward": forward,
             "generation": generation,
             "prefix_reuse": reuse,
+            "trie": trie,
         },
     )
 
