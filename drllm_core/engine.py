@@ -7,6 +7,8 @@ It calls the model's own modules (embeddings, decoder layers, rotary embeddings,
 * prefix reuse: `embed` and `run(..., start, stop)` return a `HiddenState` that can be continued with
   several different suffixes (`HiddenState.select` duplicates rows), exactly;
 * packed choices: `segment_ids` let several continuations share one question context in a single row;
+* a shared token prefix: tokens every input starts with (a chat template's system turn) run once per path
+  prefix (`SharedPrefix`), and every input attends to their cached keys and values;
 * cached generation: `generate` keeps one KV slot per (layer, pass), so the second pass of a repeated
   layer attends to its own keys and values, never the first pass's, and works out the layer calls of the
   batch's paths (a `Schedule`) once, since a path is fixed for every generated token;
@@ -18,6 +20,7 @@ Only the attention implementations whose masks are plain tensors (sdpa, eager) a
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,13 +40,15 @@ Decide = Callable[[int, Tensor], Tensor]  # (layer, hidden entering it (B, T, D)
 @dataclass
 class BlockCounter:
     """Running totals of block evaluations: `rows` counts one per row and block call (the search's cost
-    unit), `tokens` multiplies by the tokens processed (the compute actually spent)."""
+    unit), `tokens` multiplies by the tokens processed (the compute actually spent). A shared prefix's block
+    call serves every row after it, now and later: its tokens count, not a row."""
 
     rows: int = 0
     tokens: int = 0
 
-    def add(self, rows: int, tokens_per_row: int) -> None:
-        self.rows += rows
+    def add(self, rows: int, tokens_per_row: int, shared: bool = False) -> None:
+        if not shared:
+            self.rows += rows
         self.tokens += rows * tokens_per_row
 
 
@@ -56,10 +61,16 @@ class HiddenState:
     masks: dict[str, Tensor | None]  # per attention type: (B, 1, T, K) bool, or None for plain causal
     position_embeddings: dict[str, tuple[Tensor, Tensor]]  # per attention type: cos, sin (B, T, head_dim)
     layer: int = 0  # next layer to run
+    prefix: SharedPrefix | None = None  # tokens before `hidden`'s, shared by every row (their keys cached)
+    trails: list[tuple[int, ...]] | None = None  # with a prefix: each row's layer counts so far
 
     @property
     def batch_size(self) -> int:
         return self.hidden.shape[0]
+
+    @property
+    def prefix_length(self) -> int:
+        return self.prefix.length if self.prefix is not None else 0
 
     def select(self, rows: Tensor | Sequence[int]) -> HiddenState:
         """A state made of the given rows, in that order; a row may appear several times (prefix reuse)."""
@@ -73,6 +84,8 @@ class HiddenState:
                 for kind, (cos, sin) in self.position_embeddings.items()
             },
             layer=self.layer,
+            prefix=self.prefix,
+            trails=None if self.trails is None else [self.trails[row] for row in rows.tolist()],
         )
 
 
@@ -112,6 +125,101 @@ class _SlotView:
         return self.slot.update(key_states, value_states)
 
 
+class SharedPrefix:
+    """Tokens every input of a run starts with, such as a chat template's system turn. Their states under a
+    path depend only on the path's layers so far, never on what follows, so each (path prefix, pass) runs
+    once on them and every input's tokens attend to the cached keys and values: on the default model's chat
+    prompts that is a third of every question's tokens not run again.
+
+    Built once per engine and token sequence (`PathEngine.shared_prefix`); states are computed on first use
+    and kept up to `max_entries` (least recently used first out; an evicted one is recomputed)."""
+
+    def __init__(self, engine: PathEngine, ids: Sequence[int], max_entries: int = 4096):
+        self.engine = engine
+        self.ids = tuple(ids)
+        self.length = len(self.ids)
+        self.max_entries = max_entries
+        self._base = engine.embed(torch.tensor([self.ids]))
+        self._hidden: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()  # trail -> state after it
+        self._keys_values: OrderedDict[tuple[tuple[int, ...], int], tuple[Tensor, Tensor]] = OrderedDict()
+
+    def starts(self, input_ids: Tensor) -> bool:
+        """Whether every row of input_ids (B, T) starts with these tokens and has tokens after them."""
+        head = torch.tensor(self.ids, device=input_ids.device)
+        return input_ids.shape[1] > self.length and bool((input_ids[:, : self.length] == head).all())
+
+    def hidden(self, trail: tuple[int, ...]) -> Tensor:
+        """(1, P, D): the prefix's state after the layers of `trail` (counts of layers 0..len-1)."""
+        if not trail:
+            return self._base.hidden
+        parent, count = trail[:-1], trail[-1]
+        if count == 0:
+            return self.hidden(parent)
+        if trail not in self._hidden:
+            self._run(parent, count - 1)
+        return _touch(self._hidden, trail)
+
+    def keys_values(self, trail: tuple[int, ...], repeat_pass: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of layer len(trail), pass `repeat_pass`, on the prefix's state after `trail`."""
+        if (trail, repeat_pass) not in self._keys_values:
+            self._run(trail, repeat_pass)
+        return _touch(self._keys_values, (trail, repeat_pass))
+
+    def _run(self, trail: tuple[int, ...], repeat_pass: int) -> None:
+        """One pass of layer len(trail) on the prefix: its keys and values, and the state after it."""
+        entering = self.hidden((*trail, 1)) if repeat_pass else self.hidden(trail)
+        capture = _Capture()
+        out = self.engine._run_call(LayerCall(len(trail), repeat_pass, None), entering, self._base, capture)
+        _store(self._hidden, (*trail, repeat_pass + 1), out, self.max_entries)
+        _store(self._keys_values, (trail, repeat_pass), capture.keys_values, self.max_entries)
+
+    def prepend(self, trails: Sequence[tuple[int, ...]], hidden: Tensor) -> Tensor:
+        """(B, P + T, D): each row's `hidden` (B, T, D) after the prefix's state under the row's trail."""
+        return torch.cat([torch.cat([self.hidden(trail) for trail in trails]), hidden], dim=1)
+
+    # transformers' mask helpers ask the "cache" these two sizes: the prefix is what was seen before
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+
+class _Capture:
+    """`past_key_values` for a layer run on the prefix alone: keeps the keys and values it computes."""
+
+    keys_values: tuple[Tensor, Tensor]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        self.keys_values = (key_states, value_states)
+        return key_states, value_states
+
+
+class _PrefixView:
+    """`past_key_values` for a layer call on inputs after a shared prefix: each row attends to the prefix's
+    keys and values under its own trail, then to its own tokens."""
+
+    def __init__(self, prefix: SharedPrefix, trails: Sequence[tuple[int, ...]], repeat_pass: int):
+        self.prefix, self.trails, self.repeat_pass = prefix, trails, repeat_pass
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        cached = {t: self.prefix.keys_values(t, self.repeat_pass) for t in dict.fromkeys(self.trails)}
+        keys = torch.cat([cached[t][0] for t in self.trails])
+        values = torch.cat([cached[t][1] for t in self.trails])
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+
+def _touch(entries: OrderedDict, key):
+    entries.move_to_end(key)
+    return entries[key]
+
+
+def _store(entries: OrderedDict, key, value, max_entries: int) -> None:
+    entries[key] = value
+    while len(entries) > max_entries:
+        entries.popitem(last=False)
+
+
 @dataclass(frozen=True, eq=False)
 class LayerCall:
     """One call of a decoder layer: its first pass, or the second for rows that repeat it."""
@@ -142,7 +250,8 @@ class Generation:
 
 
 class PathEngine:
-    """Runs one frozen causal LM along layer paths. Build once per model; it holds no per-batch state."""
+    """Runs one frozen causal LM along layer paths. Build once per model; it holds no per-batch state (a
+    shared prefix's cached states hold for every batch)."""
 
     def __init__(self, model: PreTrainedModel):
         self.model = model
@@ -152,6 +261,7 @@ class PathEngine:
         self.num_layers = self.config.num_hidden_layers
         self.layer_types = self._layer_types()
         self.counter = BlockCounter()
+        self._prefixes: dict[tuple[int, ...], SharedPrefix] = {}
         self._rotary_takes_type = (
             "layer_type" in inspect.signature(self.decoder.rotary_emb.forward).parameters
         )
@@ -172,6 +282,13 @@ class PathEngine:
     def device(self) -> torch.device:
         return self.decoder.embed_tokens.weight.device
 
+    def shared_prefix(self, ids: Sequence[int]) -> SharedPrefix:
+        """The engine's one `SharedPrefix` for these tokens (its cached states serve every caller)."""
+        ids = tuple(ids)
+        if ids not in self._prefixes:
+            self._prefixes[ids] = SharedPrefix(self, ids)
+        return self._prefixes[ids]
+
     # ---- building a state ------------------------------------------------------------------------------------
     @torch.no_grad()
     def embed(
@@ -181,6 +298,7 @@ class PathEngine:
         position_ids: Tensor | None = None,
         segment_ids: Tensor | None = None,
         cache: PathKVCache | None = None,
+        prefix: SharedPrefix | None = None,
     ) -> HiddenState:
         """Embed tokens and prepare masks and rotary embeddings; the state sits before layer 0.
 
@@ -190,9 +308,16 @@ class PathEngine:
         segment_ids: (B, T) packed continuations: 0 marks the shared context, k > 0 continuation k; a token
           sees the context and earlier tokens of its own continuation only (positions must restart per
           continuation, as `pack_choices` builds them).
+        prefix: every row starts with these tokens (and is given whole, as are the other arguments): the state
+          holds the tokens after them, which attend to the prefix's cached keys and values.
         """
         input_ids = input_ids.to(self.device)
         batch, length = input_ids.shape
+        if prefix is not None:
+            if cache is not None or not prefix.starts(input_ids):
+                raise ValueError("a shared prefix needs rows that start with its tokens, and no KV cache")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
         if attention_mask is None and segment_ids is not None:
             # An explicit mask stops transformers from reading restarted positions as separate packed sequences.
             attention_mask = torch.ones_like(input_ids)
@@ -201,12 +326,17 @@ class PathEngine:
         if position_ids is None:
             position_ids = self._default_positions(attention_mask, batch, length, cache)
         position_ids = position_ids.to(self.device).expand(batch, -1)
-        hidden = self.decoder.embed_tokens(input_ids)
-        masks = self._masks(hidden, attention_mask, position_ids, segment_ids, cache)
+        start = 0 if prefix is None else prefix.length  # the tokens that run: after the prefix
+        hidden = self.decoder.embed_tokens(input_ids[:, start:])
+        masks = self._masks(hidden, attention_mask, position_ids, segment_ids, cache or prefix)
         position_embeddings = {
-            kind: self._rotary(hidden, position_ids, kind) for kind in dict.fromkeys(self.layer_types)
+            kind: self._rotary(hidden, position_ids[:, start:], kind)
+            for kind in dict.fromkeys(self.layer_types)
         }
-        return HiddenState(hidden, position_ids, masks, position_embeddings)
+        state = HiddenState(hidden, position_ids[:, start:], masks, position_embeddings)
+        if prefix is not None:
+            state.prefix, state.trails = prefix, [()] * batch
+        return state
 
     def _default_positions(self, attention_mask, batch, length, cache) -> Tensor:
         offset = cache.seen_tokens if cache is not None else 0
@@ -221,12 +351,14 @@ class PathEngine:
         return self.decoder.rotary_emb(hidden, position_ids)
 
     def _masks(self, hidden, attention_mask, position_ids, segment_ids, cache) -> dict[str, Tensor | None]:
+        """Masks for `hidden`'s tokens (the last of position_ids' columns) over every key: the cache's or
+        shared prefix's, then theirs. Mask rules index keys and queries by their position in the whole row."""
         common = {
             "config": self.config,
             "inputs_embeds": hidden,
             "attention_mask": attention_mask,
             "past_key_values": cache,
-            "position_ids": position_ids,
+            "position_ids": position_ids[:, -hidden.shape[1] :],
             "layer_idx": 0,
         }
         masks = {}
@@ -279,27 +411,44 @@ class PathEngine:
 
         With `decide`, each layer's counts are chosen just before the layer runs, from the hidden state entering
         it (routers): `decide(layer, hidden) -> (B,) counts` is written into `paths`, which must then be a
-        (B, L) tensor the caller keeps to read the decisions."""
+        (B, L) tensor the caller keeps to read the decisions. After a shared prefix, `decide` reads the
+        prefix's tokens first (`readable`), as it would without one."""
         stop = self.num_layers if stop is None else stop
-        hidden = state.hidden
+        hidden, counts = state.hidden, None
         if decide is not None:
+            counts = paths
             for layer in range(state.layer, stop):
-                paths[:, layer] = decide(layer, hidden).to(paths.device)
-                hidden = self._run_calls(self.schedule(paths, layer, layer + 1), hidden, state, cache)
+                reading = hidden
+                if state.prefix is not None:
+                    reading = state.prefix.prepend(_trails(state, counts, layer), hidden)
+                paths[:, layer] = decide(layer, reading).to(paths.device)
+                hidden = self._run_calls(self.schedule(paths, layer, layer + 1), hidden, state, cache, counts)
         else:
-            schedule = (
-                paths
-                if isinstance(paths, Schedule)
-                else self.schedule(self.counts_tensor(paths), state.layer, stop)
-            )
+            if isinstance(paths, Schedule):
+                if state.prefix is not None:
+                    raise ValueError("a state after a shared prefix runs counts, not a prepared schedule")
+                schedule = paths
+            else:
+                counts = self.counts_tensor(paths)
+                schedule = self.schedule(counts, state.layer, stop)
             asked = (state.batch_size, state.layer, stop)
             if (schedule.batch, schedule.start, schedule.stop) != asked:
                 raise ValueError(
                     f"the schedule is for {schedule.batch} rows and layers {schedule.start}..{schedule.stop - 1}, "
                     f"the run for {asked[0]} rows and layers {asked[1]}..{asked[2] - 1}"
                 )
-            hidden = self._run_calls(schedule, hidden, state, cache)
-        return HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, stop)
+            hidden = self._run_calls(schedule, hidden, state, cache, counts)
+        after = HiddenState(hidden, state.position_ids, state.masks, state.position_embeddings, stop)
+        if state.prefix is not None:
+            after.prefix, after.trails = state.prefix, _trails(state, counts, stop)
+        return after
+
+    def readable(self, state: HiddenState) -> Tensor:
+        """(B, P + T, D): the state as routers read it, the shared prefix's tokens first (their state under each
+        row's trail), so that pooling sees the whole prompt with or without a prefix."""
+        if state.prefix is None:
+            return state.hidden
+        return state.prefix.prepend(state.trails, state.hidden)
 
     @torch.no_grad()
     def run_trie(
@@ -340,6 +489,8 @@ class PathEngine:
                 state = base.select([row for row, _ in chunk])
                 state.hidden = torch.cat([level[(row, prefix[:layer])] for row, prefix in chunk])
                 state.layer = layer
+                if base.prefix is not None:
+                    state.trails = [prefix[:layer] for _, prefix in chunk]
                 hidden = self.run(state, counts, stop=layer + 1).hidden
                 level |= {key: hidden[i : i + 1] for i, key in enumerate(chunk)}
             level |= {
@@ -352,15 +503,27 @@ class PathEngine:
         final = base.select([row for row, _ in items])
         final.hidden = torch.cat([level[(row, tuple(counts))] for row, counts in items])
         final.layer = layers
+        if base.prefix is not None:
+            final.trails = [tuple(counts) for _, counts in items]
         return final
 
-    def _run_calls(self, schedule: Schedule, hidden: Tensor, state: HiddenState, cache) -> Tensor:
+    def _run_calls(
+        self, schedule: Schedule, hidden: Tensor, state: HiddenState, cache, counts: Tensor | None = None
+    ) -> Tensor:
         for call in schedule.calls:
-            hidden = self._run_call(call, hidden, state, cache)
+            if state.prefix is not None:  # each row's trail when it reaches this layer
+                trails = _trails(state, counts, call.layer)
+                if call.rows is not None:
+                    trails = [trails[row] for row in call.rows.tolist()]
+                past = _PrefixView(state.prefix, trails, call.repeat_pass)
+            else:
+                past = cache.view(call.layer, call.repeat_pass) if cache is not None else None
+            hidden = self._run_call(call, hidden, state, past)
         return hidden
 
-    def _run_call(self, call: LayerCall, hidden: Tensor, state: HiddenState, cache) -> Tensor:
-        """One pass of one decoder layer over its rows; the other rows pass through unchanged."""
+    def _run_call(self, call: LayerCall, hidden: Tensor, state: HiddenState, past) -> Tensor:
+        """One pass of one decoder layer over its rows; the other rows pass through unchanged. `past` is
+        what attention reads and writes as `past_key_values` (a KV slot, a prefix's keys, or None)."""
         kind, rows = self.layer_types[call.layer], call.rows
         cos, sin = state.position_embeddings[kind]
         out = self.layers[call.layer](
@@ -368,10 +531,10 @@ class PathEngine:
             attention_mask=_rows(state.masks[kind], rows),
             position_embeddings=(_rows(cos, rows), _rows(sin, rows)),
             position_ids=_rows(state.position_ids, rows),
-            past_key_values=cache.view(call.layer, call.repeat_pass) if cache is not None else None,
+            past_key_values=past,
         )
         out = out[0] if isinstance(out, tuple) else out
-        self.counter.add(out.shape[0], out.shape[1])
+        self.counter.add(out.shape[0], out.shape[1], shared=isinstance(past, _Capture))
         return out if rows is None else hidden.index_copy(0, rows, out)
 
     @torch.no_grad()
@@ -495,6 +658,12 @@ def token_batch(rows: Sequence[Sequence[int]], pad_id: int, left: bool = False) 
     """Token id rows -> ids (B, T) and attention mask (B, T). Right padding for scoring; left padding for
     generation, which appends on the right."""
     return pad_rows(rows, pad_id, left=left), pad_rows([[1] * len(r) for r in rows], 0, left=left)
+
+
+def _trails(state: HiddenState, counts: Tensor, layer: int) -> list[tuple[int, ...]]:
+    """Each row's layer counts up to `layer`: its trail at `state.layer`, then what `counts` ran since."""
+    steps = counts[:, state.layer : layer].tolist()
+    return [trail + tuple(step) for trail, step in zip(state.trails, steps, strict=True)]
 
 
 def _rows(tensor: Tensor | None, rows: Tensor | None) -> Tensor | None:

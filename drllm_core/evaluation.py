@@ -184,12 +184,11 @@ class EvaluationRunner:
         once: on the default model, calibration's knobs share most of their paths."""
         engine, layers = self.scorer.engine, self.scorer.engine.num_layers
         packed = PackedBatch.collate([self.scorer.pack(e) for e in batch], self.scorer.tokenizer.pad_token_id)
-        state = packed.embed(engine)
-        entering = []  # the vanilla hidden state entering each layer, then after the last
+        state = packed.embed(engine, self.scorer.shared_prefix)
+        entering = []  # the vanilla state entering each layer
         for layer in range(layers):
-            entering.append(state.hidden)
+            entering.append(state)
             state = engine.run(state, engine.default_paths(len(batch)), stop=layer + 1)
-        entering.append(state.hidden)
         vanilla = choice_loglikelihoods(engine, state, packed)
         plans = {  # configuration -> its rows and their (R, L) counts
             c.name: (wanted[c.name], self._known_counts(c, batch, packed, entering)[wanted[c.name]])
@@ -209,7 +208,7 @@ class EvaluationRunner:
             resume = []  # each path from the vanilla state entering its first skipped or repeated layer
             for row, path in distinct:
                 first = next(i for i, c in enumerate(path) if c != 1)
-                resume.append((first, entering[first][row : row + 1]))
+                resume.append((first, entering[first].hidden[row : row + 1]))
             final = engine.run_trie(state, distinct, resume, max_rows=self.batch_size)
             for start in range(0, len(distinct), self.batch_size):  # the lm_head's logits, a chunk at a time
                 chunk = range(start, min(start + self.batch_size, len(distinct)))
@@ -234,7 +233,8 @@ class EvaluationRunner:
         if not config.routers:
             return torch.tensor([(config.path or config.paths[e.example_id]).counts for e in batch])
         decide = self.routed(config.routers, config.knob).decider(packed.prompt_mask())
-        return torch.stack([decide(layer, hidden) for layer, hidden in enumerate(entering[:-1])], dim=1)
+        engine = self.scorer.engine
+        return torch.stack([decide(layer, engine.readable(s)) for layer, s in enumerate(entering)], dim=1)
 
     def _decisions(self, config: Configuration, examples: Sequence[Example]) -> list[Decision]:
         if config.routers:

@@ -72,7 +72,7 @@ class PathRewards:
         self._packed = scorer.scorer_kind(example) == "loglikelihood"
         if self._packed:
             self._batch = PackedBatch.collate([scorer.pack(example)], scorer.tokenizer.pad_token_id)
-            self._root = self._batch.embed(self.engine)
+            self._root = self._batch.embed(self.engine, scorer.shared_prefix)
             self._states: OrderedDict[tuple[int, ...], Tensor] = OrderedDict({(): self._root.hidden})
             state_bytes = self._root.hidden.numel() * self._root.hidden.element_size()
             self._max_states = max(2, int(cache_mb * 2**20) // state_bytes)  # prefix states, root included

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from drllm_core.engine import HiddenState, PathEngine, pad_rows, token_batch
+from drllm_core.engine import HiddenState, PathEngine, SharedPrefix, pad_rows, token_batch
 from drllm_core.tasks.prompts import Prompt
 
 
@@ -108,8 +108,13 @@ class PackedBatch:
         """(B, T) True on the question context: what a router reads (never the answer choices)."""
         return (self.segment_ids == 0) & self.attention_mask.bool()
 
-    def embed(self, engine: PathEngine) -> HiddenState:
-        return engine.embed(self.input_ids, self.attention_mask, self.position_ids, self.segment_ids)
+    def embed(self, engine: PathEngine, prefix: SharedPrefix | None = None) -> HiddenState:
+        """The batch's state before layer 0; after `prefix` (when every row starts with it), its tokens only."""
+        if prefix is not None and not prefix.starts(self.input_ids):
+            prefix = None
+        return engine.embed(
+            self.input_ids, self.attention_mask, self.position_ids, self.segment_ids, prefix=prefix
+        )
 
 
 def choice_loglikelihoods(engine: PathEngine, state: HiddenState, batch: PackedBatch) -> Tensor:
@@ -122,7 +127,8 @@ def choice_loglikelihoods(engine: PathEngine, state: HiddenState, batch: PackedB
     """
     rows, slots = torch.nonzero(batch.target_choice >= 0, as_tuple=True)
     width = batch.input_ids.shape[1]
-    keys, inverse = torch.unique(rows * width + batch.predict_at[rows, slots], return_inverse=True)
+    at = batch.predict_at[rows, slots] - state.prefix_length  # the state holds no shared prefix's tokens
+    keys, inverse = torch.unique(rows * width + at, return_inverse=True)
     logits = engine.logits_at(state, keys // width, keys % width).float()  # (K, V)
     device = logits.device
     inverse = inverse.to(device)

@@ -115,6 +115,24 @@ def _gold(example: Example, settings: TaskSettings) -> str:
     return answers[example.answer_index] if example.choices else example.answer
 
 
+def chat_template_head(tokenizer) -> list[int]:
+    """Token ids every chat prompt starts with (the template's opening and system turn): the common token
+    prefix of two one-turn chats that differ only in their question."""
+    first, second = (
+        tokenizer(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            ),
+            add_special_tokens=False,
+        ).input_ids
+        for content in ("A", "B")
+    )
+    length = 0
+    while length < min(len(first), len(second)) and first[length] == second[length]:
+        length += 1
+    return first[:length]
+
+
 def render(example: Example, task: TaskSpec, settings: TaskSettings, tokenizer=None, shots=()) -> Prompt:
     """The prompt for one example; `tokenizer` is needed only for chat templates."""
     answers = _answers(example, settings)

@@ -7,14 +7,22 @@ Examples are grouped by scorer and sorted by length so that each batched forward
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cached_property
 
 from torch import Tensor
 
-from drllm_core.engine import Decide, PathEngine, token_batch
+from drllm_core.engine import Decide, PathEngine, SharedPrefix, token_batch
 from drllm_core.errors import ConfigError
 from drllm_core.tasks.answers import Decision, cut_at_stops, decide_choice, decide_letter, decide_math
 from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods, pack_choices
-from drllm_core.tasks.prompts import CHOICE_SCORERS, Prompt, TaskSettings, render, settings_for
+from drllm_core.tasks.prompts import (
+    CHOICE_SCORERS,
+    Prompt,
+    TaskSettings,
+    chat_template_head,
+    render,
+    settings_for,
+)
 from drllm_core.tasks.registry import task_spec
 from drllm_core.tasks.schema import Example
 
@@ -80,6 +88,15 @@ class ExampleScorer:
                 "longer context"
             )
 
+    @cached_property
+    def shared_prefix(self) -> SharedPrefix | None:
+        """The chat template's opening, which every chat prompt starts with: scored batches run it once per
+        path prefix, not once per question (a third of an ARC question's tokens on the default model)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        head = chat_template_head(self.tokenizer)
+        return self.engine.shared_prefix(head) if head else None
+
     def prompt(self, example: Example) -> Prompt:
         if example.example_id not in self._prompts:
             settings = self.settings(example.task)
@@ -140,7 +157,7 @@ class ExampleScorer:
         """(n, C) log-likelihood of every choice of each example under its path (filled in by `router`)."""
         batch = PackedBatch.collate([self.pack(e) for e in examples], self.tokenizer.pad_token_id)
         decide = router(batch.prompt_mask()) if router is not None else None
-        state = self.engine.run(batch.embed(self.engine), counts, decide=decide)
+        state = self.engine.run(batch.embed(self.engine, self.shared_prefix), counts, decide=decide)
         return choice_loglikelihoods(self.engine, state, batch)
 
     def _score_choices(self, examples: Sequence[Example], counts: Tensor, router) -> list[Decision]:

@@ -222,3 +222,39 @@ def test_bad_paths_are_refused_with_the_shape():
         engine.forward(ids, torch.ones(2, 6, dtype=torch.long))
     with pytest.raises(ValueError, match=r"for 2 rows .* the run for 1 rows"):
         engine.generate(ids, torch.ones(2, 6, dtype=torch.long), max_new_tokens=2)
+
+
+def test_inputs_after_a_shared_prefix_equal_whole_rows(family_model):
+    """Packed rows that start with the same tokens: run after the prefix's cached keys and values (skips,
+    repeats, packed choices), they give the logits of the whole rows, and routers read the same states."""
+    engine = PathEngine(family_model)
+    head = [5, 9, 14, 30, 22]
+    rows = [[*head, 7, 8, 40, 41, 42, 50, 51], [*head, 3, 4, 6, 60, 61, 70, 71]]
+    ids = torch.tensor(rows)
+    segments = torch.tensor([[0] * 7 + [1] * 3 + [2] * 2] * 2)
+    positions = torch.tensor([[*range(10), 7, 8]] * 2)
+    counts = torch.tensor([[1, 0, 2, 1, 1, 1], [2, 1, 1, 0, 1, 2]])
+    read = {}
+
+    def reader(name):
+        def decide(layer, hidden):
+            read.setdefault(name, []).append(hidden)
+            return counts[:, layer]
+
+        return decide
+
+    whole = engine.embed(ids, position_ids=positions, segment_ids=segments)
+    expected = engine.logits(engine.run(whole, counts.clone(), decide=reader("whole")))
+    prefix = engine.shared_prefix(head)
+    after = engine.embed(ids, position_ids=positions, segment_ids=segments, prefix=prefix)
+    got = engine.logits(engine.run(after, counts.clone(), decide=reader("after")))
+    torch.testing.assert_close(got, expected[:, len(head) :], rtol=1e-5, atol=1e-5)
+    for whole_hidden, after_hidden in zip(read["whole"], read["after"], strict=True):
+        torch.testing.assert_close(after_hidden, whole_hidden, rtol=1e-5, atol=1e-5)
+    trie = engine.run_trie(
+        after, [(0, tuple(counts[0].tolist())), (1, (1,) * 6)], [(0, after.hidden[:1])] * 2
+    )
+    torch.testing.assert_close(engine.logits(trie)[0], got[0], rtol=1e-5, atol=1e-5)
+    assert engine.shared_prefix(head) is prefix  # one cache per engine and prefix
+    with pytest.raises(ValueError, match="start with its tokens"):
+        engine.embed(torch.tensor([[1, 2, 3, 4, 5, 6, 7]]), prefix=prefix)

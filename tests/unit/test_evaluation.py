@@ -162,9 +162,11 @@ def test_knob_calibration_scores_every_grid_value(tmp_path):
     assert knob == -1.0  # the only knob saving a block
 
 
-def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_each_alone(tmp_path):
+@pytest.mark.parametrize("tasks", [{}, {"defaults": {"chat_template": True}}], ids=["plain", "chat"])
+def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_each_alone(tmp_path, tasks):
+    """Chat prompts run after the template's shared opening: the routers read it in both ways of scoring."""
     loaded = tiny_loaded()
-    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, tasks)
     routers = tiny_cost_routers(loaded, [0.0, -1.0, -3.0])
     with torch.no_grad():
         routers.cost.weight.normal_()

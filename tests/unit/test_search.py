@@ -140,12 +140,16 @@ def _random_paths(count, seed):
     return paths
 
 
-def test_prefix_reusing_rewards_agree_with_plain_scoring_and_cost_less():
-    scorer = _scorer()
+@pytest.mark.parametrize("tasks", [{}, {"defaults": {"chat_template": True}}], ids=["plain", "chat"])
+def test_prefix_reusing_rewards_agree_with_plain_scoring_and_cost_less(tasks, monkeypatch):
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, tasks)
     rewards = PathRewards(scorer, QUESTION)
     paths = _random_paths(12, seed=3)
     outcomes = rewards(paths[:5]) + rewards(paths[5:])
-    plain = scorer.score([QUESTION] * len(paths), torch.tensor([p.counts for p in paths]))
+    monkeypatch.setattr(ExampleScorer, "shared_prefix", None)  # plain scoring runs whole rows
+    whole = ExampleScorer(scorer.engine, loaded.tokenizer, tasks)
+    plain = whole.score([QUESTION] * len(paths), torch.tensor([p.counts for p in paths]))
     for outcome, decision in zip(outcomes, plain, strict=True):
         assert outcome.correct == decision.correct
         assert outcome.margin == pytest.approx(decision.margin, abs=1e-3)

@@ -335,3 +335,24 @@ def test_example_scorer_mixes_scorers_in_one_call():
     assert [d.prediction in ("A", "B") for d in decisions[:1]] == [True]
     assert math.isnan(decisions[1].margin) and math.isnan(decisions[2].margin)
     assert all(isinstance(d.correct, bool) for d in decisions)
+
+
+def test_chat_prompts_run_the_template_opening_once_and_score_as_whole_rows(monkeypatch):
+    loaded = tiny_loaded()
+    chat = {"defaults": {"chat_template": True}}
+    examples = [
+        Example(f"arc_easy/{i}", "arc_easy", question, ["rock", "steam", "ice"], 1)
+        for i, question in enumerate(["Which is a gas?", "What melts?", "Name a solid, please."])
+    ]
+    counts = torch.tensor([[1, 0, 1, 2, 1, 1], [1, 1, 1, 1, 1, 1], [2, 1, 0, 1, 1, 0]])
+    scores, tokens = {}, {}
+    for shared in (True, False):
+        if not shared:  # the reference: every row run whole
+            monkeypatch.setattr(ExampleScorer, "shared_prefix", None)
+        scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, chat)
+        if shared:
+            assert loaded.tokenizer.decode(scorer.shared_prefix.ids) == "<user>"
+        scores[shared] = scorer.choice_scores(examples, counts)
+        tokens[shared] = scorer.engine.counter.tokens
+    torch.testing.assert_close(scores[True], scores[False], rtol=1e-5, atol=1e-5)
+    assert tokens[True] < tokens[False]
