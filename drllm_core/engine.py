@@ -132,14 +132,16 @@ class SharedPrefix:
     prompts that is a third of every question's tokens not run again.
 
     Built once per engine and token sequence (`PathEngine.shared_prefix`); states are computed on first use
-    and kept up to `max_entries` (least recently used first out; an evicted one is recomputed)."""
+    and kept up to about `cache_mb` (least recently used first out; an evicted one is recomputed)."""
 
-    def __init__(self, engine: PathEngine, ids: Sequence[int], max_entries: int = 4096):
+    def __init__(self, engine: PathEngine, ids: Sequence[int], cache_mb: float = 256):
         self.engine = engine
         self.ids = tuple(ids)
         self.length = len(self.ids)
-        self.max_entries = max_entries
         self._base = engine.embed(torch.tensor([self.ids]))
+        state_bytes = self._base.hidden.numel() * self._base.hidden.element_size()
+        # per trail: a state, and keys and values no larger than it
+        self.max_entries = max(4 * engine.num_layers, int(cache_mb * 2**20) // (3 * state_bytes))
         self._hidden: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()  # trail -> state after it
         self._keys_values: OrderedDict[tuple[tuple[int, ...], int], tuple[Tensor, Tensor]] = OrderedDict()
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from drllm_core.engine import PathEngine
+from drllm_core.engine import PathEngine, SharedPrefix
 from tests.conftest import reordered_model_logits, tiny_model
 
 L = 6
@@ -258,3 +258,19 @@ def test_inputs_after_a_shared_prefix_equal_whole_rows(family_model):
     assert engine.shared_prefix(head) is prefix  # one cache per engine and prefix
     with pytest.raises(ValueError, match="start with its tokens"):
         engine.embed(torch.tensor([[1, 2, 3, 4, 5, 6, 7]]), prefix=prefix)
+
+
+def test_a_shared_prefix_evicts_its_oldest_states_and_recomputes_them_alike():
+    engine = PathEngine(tiny_model("llama"))
+    head, rows = [5, 9, 14, 30], torch.tensor([[5, 9, 14, 30, 7, 8, 40], [5, 9, 14, 30, 3, 4, 6]])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 3, (12, L), generator=generator)
+    results = []
+    for cache_mb in (256, 0):  # 0: the fewest entries it keeps, 4 per layer, fewer than the trails here
+        prefix = SharedPrefix(engine, head, cache_mb)
+        for chunk in counts.split(2):
+            results.append(engine.logits(engine.run(engine.embed(rows, prefix=prefix), chunk)))
+        assert len(prefix._hidden) <= prefix.max_entries and len(prefix._keys_values) <= prefix.max_entries
+    assert len(prefix._hidden) == prefix.max_entries  # it evicted
+    for kept, recomputed in zip(results[:6], results[6:], strict=True):
+        torch.testing.assert_close(recomputed, kept, rtol=1e-6, atol=1e-6)
