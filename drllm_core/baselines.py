@@ -9,6 +9,7 @@ random_skip   per question, a random valid path with a given number of skipped l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -141,23 +142,20 @@ def static_paths(
     return {name: {b: paths[b] for b in budgets if b in paths} for name, paths in chosen.items()}, trace
 
 
-def random_paths(
-    saved: Sequence[int], num_layers: int, constraints: PathConstraints, seed: int
-) -> list[LayerPath]:
-    """For each question, a random valid path that skips exactly `saved[i]` layers (none when <= 0): the
-    skipped layers are drawn uniformly among the placements the constraints allow."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for count in saved:
-        count = max(0, int(count))
-        for _ in range(10_000):
-            layers = set(rng.choice(num_layers, size=min(count, num_layers), replace=False).tolist())
-            path = LayerPath(tuple(SKIP if i in layers else EXECUTE for i in range(num_layers)))
-            if path.is_valid(num_layers, constraints):
-                paths.append(path)
-                break
-        else:
-            raise DrllmError(
-                f"no valid path skips {count} of {num_layers} layers under {constraints} in 10,000 random draws"
-            )
-    return paths
+def random_path(
+    example_id: str, skips: int, num_layers: int, constraints: PathConstraints, seed: int
+) -> LayerPath:
+    """A random valid path that skips exactly `skips` layers (none when <= 0), drawn uniformly among the
+    placements the constraints allow. The draw depends only on (seed, question): a question gets the same
+    path whichever batch or order it is scored in."""
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    count = max(0, int(skips))
+    for _ in range(10_000):
+        layers = set(rng.choice(num_layers, size=min(count, num_layers), replace=False).tolist())
+        path = LayerPath(tuple(SKIP if i in layers else EXECUTE for i in range(num_layers)))
+        if path.is_valid(num_layers, constraints):
+            return path
+    raise DrllmError(
+        f"no valid path skips {count} of {num_layers} layers under {constraints} in 10,000 random draws"
+    )

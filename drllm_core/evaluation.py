@@ -1,8 +1,8 @@
 """The evaluation runner: configurations scored on the same questions, checkpointed; and the evaluate stage's
 work on it: Dr.LLM against vanilla and the static baselines, and the documents it writes.
 
-A configuration is the vanilla model, a router set at a knob, or fixed paths (one for every question, or one
-per question). Every (configuration, question) result is checkpointed, so a long evaluation resumes; the
+A configuration is the vanilla model, a router set at a knob, one fixed path for every question, or random
+paths saving per question what another configuration saves. Every (configuration, question) result is checkpointed, so a long evaluation resumes; the
 checkpoint is named by everything the results depend on. drllm_core.comparison summarises and compares the
 results; drllm_core.generation_check measures routing on generation.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from drllm_core import tracking
-from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
+from drllm_core.baselines import block_influence, lowest_influence_path, random_path, static_paths
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.comparison import comparisons, summarize
 from drllm_core.errors import ConfigError, DrllmError, config_from, listed, typed
@@ -49,8 +49,10 @@ class Configuration:
     identity: dict  # what its results depend on besides model, tasks and data (for the checkpoint key)
     routers: str | None = None  # router folder
     knob: float = 0.0
-    paths: dict[str, LayerPath] = field(default_factory=dict)  # fixed path per example id
     path: LayerPath | None = None  # one static path for every question
+    like: Configuration | None = None  # random skips: per question, as many as this configuration's path
+    constraints: PathConstraints | None = None  # random skips: the limits their paths keep to
+    seed: int = 0
 
     @classmethod
     def routed(cls, name: str, sets: list[str], folder: str, knob: float) -> Configuration:
@@ -62,10 +64,13 @@ class Configuration:
         return cls(name, sets, {"static": str(path)}, path=path)
 
     @classmethod
-    def per_question(cls, name: str, sets: list[str], paths: dict[str, LayerPath]) -> Configuration:
-        return cls(
-            name, sets, {"paths": content_key(sorted((k, str(v)) for k, v in paths.items()))}, paths=paths
-        )
+    def random_like(
+        cls, name: str, sets: list[str], like: Configuration, constraints: PathConstraints, seed: int
+    ) -> Configuration:
+        """Per question, a random valid path saving as many blocks as `like`'s path there (scored in the
+        same run as `like`, which must come before it): the control for where a router skips."""
+        identity = {"random_like": like.identity, "constraints": str(constraints), "seed": seed}
+        return cls(name, sets, identity, like=like, constraints=constraints, seed=seed)
 
 
 class EvaluationRunner:
@@ -109,6 +114,14 @@ class EvaluationRunner:
         batch: the vanilla model's hidden states are computed once and each path resumes from them at its
         first skipped layer, exact up to the rounding of other batch shapes."""
         rows: dict[str, list[dict]] = {c.name: [] for c in configs}
+        for index, config in enumerate(configs):
+            if config.like and not any(
+                c.name == config.like.name and set(config.sets) <= set(c.sets) for c in configs[:index]
+            ):
+                raise DrllmError(
+                    f"configuration {config.name!r} draws its paths like {config.like.name!r}, which must be "
+                    f"scored before it on the same sets: put {config.like.name!r} earlier in the list"
+                )
         for set_name in dict.fromkeys(s for c in configs for s in c.sets):
             active = [c for c in configs if set_name in c.sets]
             examples = self.sets[set_name]
@@ -152,7 +165,8 @@ class EvaluationRunner:
                     pending = alone[config.name]
                     for start in range(0, len(pending), self.batch_size * 4):
                         chunk = pending[start : start + self.batch_size * 4]
-                        for row in result_rows(config.name, set_name, chunk, self._decisions(config, chunk)):
+                        decisions = self._decisions(config, chunk, checkpoints)
+                        for row in result_rows(config.name, set_name, chunk, decisions):
                             checkpoints[config.name].add(row)
                         bar.update(len(chunk))
                 bar.close()
@@ -174,6 +188,8 @@ class EvaluationRunner:
 
     def _path_known(self, config: Configuration) -> bool:
         """Whether a configuration's paths follow from the vanilla model's states before any skip."""
+        if config.like:
+            return self._path_known(config.like)
         return not config.routers or read_router_config(config.routers).kind == "costs"
 
     def _shared_decisions(
@@ -230,17 +246,39 @@ class EvaluationRunner:
     def _known_counts(self, config, batch, packed, entering) -> Tensor:
         """(B, L) counts of a configuration whose paths are known: fixed, or a cost router's, decided on
         the vanilla states as a routed forward would (every layer before its decision executes)."""
+        if config.like:
+            blocks = self._known_counts(config.like, batch, packed, entering).sum(dim=1).tolist()
+            return self._random_counts(config, [e.example_id for e in batch], blocks)
         if not config.routers:
-            return torch.tensor([(config.path or config.paths[e.example_id]).counts for e in batch])
+            return torch.tensor([config.path.counts] * len(batch))
         decide = self.routed(config.routers, config.knob).decider(packed.prompt_mask())
         engine = self.scorer.engine
         return torch.stack([decide(layer, engine.readable(s)) for layer, s in enumerate(entering)], dim=1)
 
-    def _decisions(self, config: Configuration, examples: Sequence[Example]) -> list[Decision]:
+    def _decisions(
+        self, config: Configuration, examples: Sequence[Example], checkpoints: dict[str, Checkpoint]
+    ) -> list[Decision]:
         if config.routers:
             return self.routed(config.routers, config.knob).score(self.scorer, examples, self.batch_size)
-        counts = torch.tensor([(config.path or config.paths[e.example_id]).counts for e in examples])
+        if config.like:  # its model's results are checkpointed: it came earlier
+            done = checkpoints[config.like.name].records
+            blocks = [done[e.example_id]["blocks"] for e in examples]
+            counts = self._random_counts(config, [e.example_id for e in examples], blocks)
+        else:
+            counts = torch.tensor([config.path.counts] * len(examples))
         return self.scorer.score(examples, counts, self.batch_size)
+
+    def _random_counts(
+        self, config: Configuration, example_ids: Sequence[str], blocks: Sequence[int]
+    ) -> Tensor:
+        """(B, L) random paths of a `random_like` configuration, saving the blocks its model's paths save."""
+        layers = self.scorer.engine.num_layers
+        return torch.tensor(
+            [
+                random_path(example_id, layers - count, layers, config.constraints, config.seed).counts
+                for example_id, count in zip(example_ids, blocks, strict=True)
+            ]
+        )
 
 
 def result_rows(config: str, set_name: str, examples: Sequence[Example], decisions) -> list[dict]:
@@ -399,15 +437,10 @@ def evaluate_routers(
             for name, paths in static.items()
             for budget, path in paths.items()
         ),
+        Configuration.random_like("random_skip", in_domain, routed[0], constraints, settings.seed),
     ]
     results = pd.DataFrame([row for rows in runner.run_many(configs).values() for row in rows])
     drllm_id = results[(results["config"] == "drllm") & (results["set"] == "eval_id")]
-    saved = dict(zip(drllm_id["example_id"], layers - drllm_id["blocks"], strict=True))
-    random = random_paths(list(saved.values()), layers, constraints, settings.seed)
-    random_config = Configuration.per_question(
-        "random_skip", in_domain, dict(zip(saved, random, strict=True))
-    )
-    results = pd.concat([results, pd.DataFrame(runner.run(random_config))], ignore_index=True)
     budget = min(settings.static_budgets, key=lambda b: abs(b - (layers - drllm_id["blocks"].mean())))
     references = [
         *(f"{name}_{budget}" for name in static),

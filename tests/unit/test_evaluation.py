@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from drllm_core import io
-from drllm_core.baselines import block_influence, lowest_influence_path, random_paths, static_paths
+from drllm_core.baselines import block_influence, lowest_influence_path, random_path, static_paths
 from drllm_core.calibration import calibrate_knob, choose_knob_from, held_out_search_questions
 from drllm_core.comparison import compare, summarize
 from drllm_core.engine import PathEngine
@@ -85,14 +85,18 @@ def test_static_paths_reuse_what_a_search_scored_and_choose_the_same():
     assert 0 < scorer.engine.counter.rows - rows < fresh_rows
 
 
-def test_random_paths_skip_the_asked_number_of_layers():
-    paths = random_paths([0, 1, 2, 3, -1], 6, PathConstraints(), seed=0)
+def test_a_random_path_skips_the_asked_number_of_layers_the_same_for_a_question_whatever_the_order():
+    paths = [random_path(f"q{i}", n, 6, PathConstraints(), seed=0) for i, n in enumerate([0, 1, 2, 3, -1])]
     assert [p.blocks_saved for p in paths] == [0, 1, 2, 3, 0]
     assert all(p.is_valid(6, PathConstraints()) for p in paths)
+    assert random_path("q3", 3, 6, PathConstraints(), seed=0) == paths[3]
+    drawn = {random_path(f"q{i}", 2, 6, PathConstraints(), seed=0) for i in range(20)}
+    assert len(drawn) > 3  # questions draw their own paths
+    assert drawn != {random_path(f"q{i}", 2, 6, PathConstraints(), seed=1) for i in range(20)}
     with pytest.raises(
         DrllmError, match="no valid path skips 5 of 6 layers"
     ):  # never the default path instead
-        random_paths([5], 6, PathConstraints(max_skip_run=1), seed=0)
+        random_path("q0", 5, 6, PathConstraints(max_skip_run=1), seed=0)
 
 
 def test_summaries_and_paired_comparison():
@@ -175,31 +179,28 @@ def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_ea
     configs = [
         Configuration.static("vanilla", ["eval_id"], LayerPath.default(6)),
         Configuration.static("skip_4", ["eval_id"], LayerPath((1, 1, 1, 1, 0, 1))),
-        Configuration.per_question(
-            "mixed",
-            ["eval_id"],
-            {e.example_id: LayerPath((1, 1, 0, 1, 1, 2 * (i % 2))) for i, e in enumerate(EXAMPLES)},
-        ),
+        Configuration.static("skip_and_repeat", ["eval_id"], LayerPath((1, 1, 0, 1, 1, 2))),
         Configuration.routed("costs", ["eval_id"], str(tmp_path / "costs"), -0.2),
     ]
+    configs.append(Configuration.random_like("random", ["eval_id"], configs[-1], PathConstraints(), 0))
     together = EvaluationRunner(
         loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / "a", "c", 4
     )
     alone = EvaluationRunner(loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / "b", "c", 4)
     shared = together.run_many(configs)
+    random = [
+        random_path(e.example_id, 6 - r["blocks"], 6, PathConstraints(), 0)
+        for e, r in zip(EXAMPLES, shared["costs"], strict=True)
+    ]
+    references = {
+        "costs": alone.routed(configs[3].routers, configs[3].knob).score(scorer, EXAMPLES, 4),
+        "random": scorer.score(EXAMPLES, torch.tensor([p.counts for p in random]), 4),
+    }
     for config in configs:
         reference = (
-            alone.run_many([config])[config.name]
-            if config.name != "costs"
-            else [
-                r
-                for r in result_rows(
-                    "costs",
-                    "eval_id",
-                    EXAMPLES,
-                    alone.routed(config.routers, config.knob).score(scorer, EXAMPLES, 4),
-                )
-            ]
+            result_rows(config.name, "eval_id", EXAMPLES, references[config.name])
+            if config.name in references
+            else alone.run_many([config])[config.name]
         )
         assert [r["path"] for r in shared[config.name]] == [r["path"] for r in reference], config.name
         assert [r["prediction"] for r in shared[config.name]] == [r["prediction"] for r in reference], (
@@ -214,6 +215,44 @@ def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_ea
     assert len({tuple(r["path"]) for r in shared["costs"]}) >= 1 and all(
         r["blocks"] < 6 for r in shared["costs"]
     )
+
+
+def test_random_skips_like_a_class_router_save_its_blocks_per_question_and_must_come_after_it(tmp_path):
+    """Class routers decide layer by layer: the random paths are drawn from their checkpointed results."""
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    torch.manual_seed(0)
+    routers = RouterSet(RouterConfig(6, 64, 8, 4, base_fingerprint=weights_fingerprint(loaded.model)))
+    with torch.no_grad():
+        for router in routers.routers:
+            router.out.weight.normal_()
+        routers.input_scale.fill_(100.0)  # the tiny model's states differ little between questions
+    routers.save(tmp_path / "r")
+    drllm = Configuration.routed("drllm", ["eval_id"], str(tmp_path / "r"), 0.0)
+    random = Configuration.random_like("random_skip", ["eval_id"], drllm, PathConstraints(), seed=0)
+    runner = EvaluationRunner(loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / "c", "c", 4)
+    with pytest.raises(DrllmError, match="put 'drllm' earlier in the list"):
+        runner.run_many([random, drllm])
+    rows = runner.run_many([drllm, random])
+    saved = [max(0, 6 - r["blocks"]) for r in rows["drllm"]]  # repeats save nothing: random skips none
+    assert [6 - r["blocks"] for r in rows["random_skip"]] == saved and len(set(saved)) > 1
+    assert rows["random_skip"] == [
+        *result_rows(
+            "random_skip",
+            "eval_id",
+            EXAMPLES,
+            scorer.score(
+                EXAMPLES,
+                torch.tensor(
+                    [
+                        random_path(e.example_id, 6 - r["blocks"], 6, PathConstraints(), 0).counts
+                        for e, r in zip(EXAMPLES, rows["drllm"], strict=True)
+                    ]
+                ),
+                4,
+            ),
+        )
+    ]
 
 
 def test_a_path_several_configurations_share_is_run_once(tmp_path):
