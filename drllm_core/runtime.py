@@ -20,6 +20,7 @@ class Runtime:
     threads: int | None = None  # torch threads per process (None: torch's default locally, 1 per Ray worker)
     prefix_cache_mb: float = 1024.0  # memory per process for the prefix states one example's search reuses
     batch_size: int = 16  # questions per batched forward in features, calibrate and evaluate
+    generation_batch_size: int = 64  # prompts per batched greedy generation in evaluate
     speed_prompts: int = 4  # evaluate's routed-vs-vanilla generation timing (metrics/timings/speed.json)
     speed_tokens: int = 32  # tokens each of its prompts generates
     mlflow_ui: str = "http://localhost:5000"  # where `make ui` serves MLflow, for the report's run links
@@ -35,7 +36,14 @@ class Runtime:
             raise ConfigError(
                 f"runtime.prefix_cache_mb must be a positive number, got {self.prefix_cache_mb!r}"
             )
-        for name in ("batch_size", "speed_prompts", "speed_tokens", "workers", "threads"):
+        for name in (
+            "batch_size",
+            "generation_batch_size",
+            "speed_prompts",
+            "speed_tokens",
+            "workers",
+            "threads",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"runtime.{name} must be a whole number of at least 1, got {value!r}")

@@ -81,7 +81,12 @@ def _main(args) -> None:
     search_frame = pd.read_parquet(prepared / "search.parquet")
     labelled = examples_from_frame(search_frame[search_frame["example_id"].isin(set(oracle["example_id"]))])
     loaded = load_model(ModelSpec.from_params(section(params, "model")))
-    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, task_params)
+    scorer = ExampleScorer(
+        PathEngine(loaded.model),
+        loaded.tokenizer,
+        task_params,
+        generation_batch_size=runtime.generation_batch_size,
+    )
     scorer.check_lengths([e for examples in sets.values() for e in examples])
     runner = EvaluationRunner(
         loaded,

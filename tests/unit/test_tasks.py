@@ -337,6 +337,28 @@ def test_example_scorer_mixes_scorers_in_one_call():
     assert all(isinstance(d.correct, bool) for d in decisions)
 
 
+def test_generated_answers_batch_by_their_own_size_and_equal_one_prompt_at_a_time():
+    loaded = tiny_loaded()
+    params = {"gsm8k": {"scorer": "math", "max_new_tokens": 4}}
+    problems = [
+        Example(f"gsm8k/{i}", "gsm8k", q, answer="2") for i, q in enumerate(["1+1?", "Two?", "4-2 is"])
+    ]
+    problems.append(EXAMPLE)  # scored choices keep `batch_size`
+    batches = []
+    engine = PathEngine(loaded.model)
+    original = engine.generate
+    engine.generate = lambda ids, *args, **kwargs: batches.append(len(ids)) or original(ids, *args, **kwargs)
+    together = ExampleScorer(engine, loaded.tokenizer, params, generation_batch_size=64).score(
+        problems, batch_size=1
+    )
+    assert batches == [3]
+    alone = ExampleScorer(engine, loaded.tokenizer, params, generation_batch_size=1).score(
+        problems, batch_size=1
+    )
+    assert batches == [3, 1, 1, 1]
+    assert [d.prediction for d in together] == [d.prediction for d in alone]
+
+
 def test_chat_prompts_run_the_template_opening_once_and_score_as_whole_rows(monkeypatch):
     loaded = tiny_loaded()
     chat = {"defaults": {"chat_template": True}}
