@@ -542,7 +542,8 @@ class PathEngine:
     @torch.no_grad()
     def logits(self, state: HiddenState, positions: Tensor | None = None) -> Tensor:
         """Final norm and lm_head only where asked: positions (B, P) token indices -> (B, P, V) in the model's
-        dtype, as model(...) returns them (upcast before a softmax). None means every position."""
+        dtype, as model(...) returns them (upcast before a softmax). None means every position. Indices
+        count the state's own tokens: a shared prefix's are not among them (`state.prefix_length`)."""
         hidden = self._final_hidden(state)
         if positions is not None:
             positions = positions.to(hidden.device)
@@ -552,7 +553,8 @@ class PathEngine:
     @torch.no_grad()
     def logits_at(self, state: HiddenState, rows: Tensor, positions: Tensor) -> Tensor:
         """(K, V) logits at K (row, position) pairs: scoring asks for a few scattered positions per row, and
-        on a large vocabulary (Gemma's 262k) the lm_head costs more than the decoder layers."""
+        on a large vocabulary (Gemma's 262k) the lm_head costs more than the decoder layers. Positions count
+        the state's own tokens, as in `logits`."""
         hidden = self._final_hidden(state)
         return self._head(hidden[rows.to(hidden.device), positions.to(hidden.device)])
 

@@ -2,9 +2,10 @@
 work on it: Dr.LLM against vanilla and the static baselines, and the documents it writes.
 
 A configuration is the vanilla model, a router set at a knob, one fixed path for every question, or random
-paths saving per question what another configuration saves. Every (configuration, question) result is checkpointed, so a long evaluation resumes; the
-checkpoint is named by everything the results depend on. drllm_core.comparison summarises and compares the
-results; drllm_core.generation_check measures routing on generation.
+paths saving per question what another configuration saves. Every (configuration, question) result is
+checkpointed, so a long evaluation resumes; the checkpoint is named by everything the results depend on.
+drllm_core.comparison summarises and compares the results; drllm_core.generation_check measures routing on
+generation.
 """
 
 from __future__ import annotations
@@ -156,16 +157,20 @@ class EvaluationRunner:
                         c.name: [i for i, e in enumerate(batch) if e.example_id in todo[c.name]]
                         for c in shared
                     }
-                    for config, decisions in self._shared_decisions(shared, batch, wanted).items():
+                    records = {name: checkpoint.records for name, checkpoint in checkpoints.items()}
+                    for config, decisions in self._shared_decisions(shared, batch, wanted, records).items():
                         chosen = [batch[i] for i in wanted[config]]
                         for row in result_rows(config, set_name, chosen, decisions):
                             checkpoints[config].add(row)
                     bar.update(len(batch))
                 for config in active:
                     pending = alone[config.name]
-                    for start in range(0, len(pending), self.batch_size * 4):
-                        chunk = pending[start : start + self.batch_size * 4]
-                        decisions = self._decisions(config, chunk, checkpoints)
+                    size = max(self.batch_size * 4, self.scorer.generation_batch_size or 0)
+                    for start in range(0, len(pending), size):
+                        chunk = pending[start : start + size]
+                        decisions = self._decisions(
+                            config, chunk, checkpoints[config.like.name].records if config.like else {}
+                        )
                         for row in result_rows(config.name, set_name, chunk, decisions):
                             checkpoints[config.name].add(row)
                         bar.update(len(chunk))
@@ -193,11 +198,16 @@ class EvaluationRunner:
         return not config.routers or read_router_config(config.routers).kind == "costs"
 
     def _shared_decisions(
-        self, configs: Sequence[Configuration], batch: Sequence[Example], wanted: dict[str, list[int]]
+        self,
+        configs: Sequence[Configuration],
+        batch: Sequence[Example],
+        wanted: dict[str, list[int]],
+        records: dict[str, dict[str, dict]],
     ) -> dict[str, list[Decision]]:
         """Decisions of each configuration on the rows of one batch it wants, resuming from vanilla. A path
         two configurations give the same question (neighbouring knobs, static paths chosen alike) is run
-        once: on the default model, calibration's knobs share most of their paths."""
+        once: on the default model, calibration's knobs share most of their paths. `records`: the results
+        checkpointed so far, per configuration (random skips save what their model's recorded path saved)."""
         engine, layers = self.scorer.engine, self.scorer.engine.num_layers
         packed = PackedBatch.collate([self.scorer.pack(e) for e in batch], self.scorer.tokenizer.pad_token_id)
         state = packed.embed(engine, self.scorer.shared_prefix)
@@ -206,11 +216,19 @@ class EvaluationRunner:
             entering.append(state)
             state = engine.run(state, engine.default_paths(len(batch)), stop=layer + 1)
         vanilla = choice_loglikelihoods(engine, state, packed)
-        plans = {  # configuration -> its rows and their (R, L) counts
-            c.name: (wanted[c.name], self._known_counts(c, batch, packed, entering)[wanted[c.name]])
-            for c in configs
-            if wanted[c.name]
-        }
+        # configuration -> (B, L) counts, in order: random skips come after the configuration they follow
+        counts: dict[str, Tensor] = {}
+        for c in configs:
+            if c.like:
+                done = records[c.like.name]
+                blocks = [
+                    done[e.example_id]["blocks"] if e.example_id in done else int(path.sum())
+                    for e, path in zip(batch, counts[c.like.name], strict=True)
+                ]
+                counts[c.name] = self._random_counts(c, [e.example_id for e in batch], blocks)
+            else:
+                counts[c.name] = self._known_counts(c, packed, entering)
+        plans = {c.name: (wanted[c.name], counts[c.name][wanted[c.name]]) for c in configs if wanted[c.name]}
         distinct = list(  # (row, path) of every path that skips or repeats, once
             dict.fromkeys(
                 (row, path)
@@ -243,26 +261,24 @@ class EvaluationRunner:
             results[name] = decisions
         return results
 
-    def _known_counts(self, config, batch, packed, entering) -> Tensor:
-        """(B, L) counts of a configuration whose paths are known: fixed, or a cost router's, decided on
-        the vanilla states as a routed forward would (every layer before its decision executes)."""
-        if config.like:
-            blocks = self._known_counts(config.like, batch, packed, entering).sum(dim=1).tolist()
-            return self._random_counts(config, [e.example_id for e in batch], blocks)
+    def _known_counts(self, config, packed, entering) -> Tensor:
+        """(B, L) counts of a fixed path or a cost router's, decided on the vanilla states as a routed
+        forward would (every layer before its decision executes)."""
         if not config.routers:
-            return torch.tensor([config.path.counts] * len(batch))
+            return torch.tensor([config.path.counts] * len(entering[0].hidden))
         decide = self.routed(config.routers, config.knob).decider(packed.prompt_mask())
         engine = self.scorer.engine
         return torch.stack([decide(layer, engine.readable(s)) for layer, s in enumerate(entering)], dim=1)
 
     def _decisions(
-        self, config: Configuration, examples: Sequence[Example], checkpoints: dict[str, Checkpoint]
+        self, config: Configuration, examples: Sequence[Example], like_done: dict[str, dict]
     ) -> list[Decision]:
+        """One configuration's decisions, a forward of its own; `like_done`: a random_like configuration's
+        model's checkpointed results (it came earlier, so every question is there)."""
         if config.routers:
             return self.routed(config.routers, config.knob).score(self.scorer, examples, self.batch_size)
-        if config.like:  # its model's results are checkpointed: it came earlier
-            done = checkpoints[config.like.name].records
-            blocks = [done[e.example_id]["blocks"] for e in examples]
+        if config.like:
+            blocks = [like_done[e.example_id]["blocks"] for e in examples]
             counts = self._random_counts(config, [e.example_id for e in examples], blocks)
         else:
             counts = torch.tensor([config.path.counts] * len(examples))

@@ -55,6 +55,7 @@ def generation_check(
     questions: Sequence[Example],
     problems: Sequence[Example],
     max_new_tokens: int,
+    batch_size: int = 8,
 ) -> tuple[dict, list[dict]]:
     """Routing measured on what the registry serves, greedy generation in the served format: `questions`
     (in-domain, asked open: the question alone as the user's turn) and `problems` (prompted and scored as
@@ -70,8 +71,8 @@ def generation_check(
         else:
             prompts = [scorer.prompt_ids(e) for e in examples]
             tokens = [scorer.settings(e.task).max_new_tokens for e in examples]
-        for start in range(0, len(examples), scorer.generation_batch_size):
-            chunk = slice(start, start + scorer.generation_batch_size)
+        for start in range(0, len(examples), batch_size):
+            chunk = slice(start, start + batch_size)
             vanilla = _greedy(routed, prompts[chunk], max(tokens[chunk]), routed_paths=False)
             drllm = _greedy(routed, prompts[chunk], max(tokens[chunk]), routed_paths=True)
             for example, (v_tokens, _), (d_tokens, path) in zip(examples[chunk], vanilla, drllm, strict=True):

@@ -105,7 +105,9 @@ def _main(args) -> None:
     routed = runner.routed(args.drllm, evaluation.knob)
     questions = sample(sets["eval_id"], settings.generation_questions, settings.seed)
     problems = [e for e in sets["eval_ood"] if not e.choices]  # generated answers with a reference
-    generation, generated = generation_check(routed, scorer, questions, problems, settings.generation_tokens)
+    generation, generated = generation_check(
+        routed, scorer, questions, problems, settings.generation_tokens, runtime.generation_batch_size
+    )
     io.write_with(
         Path(args.results) / "generation.parquet",
         lambda tmp: pd.DataFrame(generated).to_parquet(tmp, index=False),

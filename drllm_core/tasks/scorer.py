@@ -45,14 +45,14 @@ class ExampleScorer:
         tokenizer,
         task_params: dict | None = None,
         shots: dict[str, list[Example]] | None = None,
-        generation_batch_size: int = 64,
+        generation_batch_size: int | None = None,
     ):
         self.engine = engine
         self.tokenizer = tokenizer
         self.task_params = task_params or {}
         self.shots = shots or {}
-        # greedy decoding reads every weight once per token whatever the batch: on a CPU a batch of 20
-        # prompts took 1.3 times as long as a batch of 8 (docs/experiments.md), so generate in large batches
+        # generated answers per batch (None: `score`'s batch_size); greedy decoding on a CPU reads every
+        # weight once per token whatever the batch, so larger batches than a forward's pay (docs/gpu.md)
         self.generation_batch_size = generation_batch_size
         self.eos_ids = eos_token_ids(engine.model, tokenizer)
         self._prompts: dict[str, Prompt] = {}
@@ -132,7 +132,7 @@ class ExampleScorer:
         """Decisions for each example under its path: `counts` (n, L), None for the default path, or chosen
         by `router` (a factory that, given a batch's prompt-token mask, returns the engine's per-layer decide
         hook). Each decision records the path it was made under. Log-likelihoods go `batch_size` at a time,
-        generated answers `generation_batch_size` at a time."""
+        generated answers `generation_batch_size` at a time (when set)."""
         if counts is None or router is not None:
             counts = self.engine.default_paths(len(examples))
         decisions: list[Decision | None] = [None] * len(examples)
@@ -141,7 +141,8 @@ class ExampleScorer:
             by_kind.setdefault(self.scorer_kind(example), []).append(index)
         for kind, indices in by_kind.items():
             indices = sorted(indices, key=lambda i: len(self.prompt(examples[i]).context))
-            size = batch_size if kind == "loglikelihood" else self.generation_batch_size
+            generated = kind != "loglikelihood" and self.generation_batch_size
+            size = self.generation_batch_size if generated else batch_size
             for start in range(0, len(indices), size):
                 chunk = indices[start : start + size]
                 batch = [examples[i] for i in chunk]

@@ -1,6 +1,7 @@
 """Evaluation: the static baselines, the runner and its summaries, and knob calibration, on a tiny model."""
 
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -253,6 +254,29 @@ def test_random_skips_like_a_class_router_save_its_blocks_per_question_and_must_
             ),
         )
     ]
+
+
+def test_random_skips_resumed_after_their_model_save_what_its_checkpoint_recorded(tmp_path):
+    """A resumed run may score other batches than the run that decided Dr.LLM's paths, and a decision at a
+    cost threshold can flip with a batch's rounding: the random paths follow the recorded result."""
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    tiny_cost_routers(loaded, [-3.0, 0.0, -1.0]).save(tmp_path / "costs")
+    costs = Configuration.routed("costs", ["eval_id"], str(tmp_path / "costs"), -0.2)
+    random = Configuration.random_like("random", ["eval_id"], costs, PathConstraints(), 0)
+    runner = EvaluationRunner(loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / "c", "c", 4)
+    runner.run(costs)
+    (checkpoint,) = (tmp_path / "c").glob("costs-eval_id-*.jsonl")
+    records = [json.loads(line) for line in checkpoint.read_text().splitlines()]
+    assert records[0]["blocks"] < 6
+    records[0] |= {"path": [1] * 6, "blocks": 6}  # as if another batch's rounding had kept every layer
+    checkpoint.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = runner.run_many([costs, random])
+    recorded = {r["example_id"]: r["blocks"] for r in rows["costs"]}
+    assert recorded[records[0]["example_id"]] == 6
+    assert {r["example_id"]: r["blocks"] for r in rows["random"]} == {
+        i: 6 - max(0, 6 - b) for i, b in recorded.items()
+    }
 
 
 def test_a_path_several_configurations_share_is_run_once(tmp_path):
