@@ -487,13 +487,16 @@ def metrics_document(
     oracle: pd.DataFrame,
     searched: dict,
     generation: dict,
+    numerics: dict[str, str],
 ) -> dict:
     """metrics/eval.json: per configuration and set the headline figures, the comparisons, per task
     figures, the static baselines, and the oracle on the search set (`oracle`: the search output the served
-    routers learned from, `searched`: its stats) as an upper bound."""
+    routers learned from, `searched`: its stats) as an upper bound; `numerics` (LoadedModel.numerics) says
+    in which dtype, on which device, they were computed."""
     overall = evaluation.summary[evaluation.summary["task"] == "all"]
     return {
         "num_layers": num_layers,
+        "numerics": numerics,
         "routers_hash": routers_hash(routers),
         "knob": evaluation.knob,
         **evaluation.static,

@@ -137,6 +137,14 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def numerics(self) -> dict[str, str]:
+        """What the figures were computed in: dtype, device and torch build. Recorded with every evaluation,
+        since `dtype: auto` picks bf16 or fp32 by machine and the two answer a few questions differently."""
+        device = self.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        return {"dtype": str(self.dtype).removeprefix("torch."), "device": name, "torch": torch.__version__}
+
 
 def resolve_device(device: str) -> torch.device:
     """`auto` picks the first GPU when one is present, else the CPU."""

@@ -263,8 +263,17 @@ def headline(evaluation: dict) -> str:
         f"In-domain, Dr.LLM scores {drllm['difference'] * 100:+.1f} points against the vanilla model "
         f"(paired 95% interval {drllm['ci_low'] * 100:+.1f} to {drllm['ci_high'] * 100:+.1f}, McNemar p = "
         f"{drllm['mcnemar_p']:.3f}) while executing {evaluation['configs']['drllm/eval_id']['blocks_per_token']:.2f} "
-        f"of {evaluation['num_layers']} blocks per token (knob {evaluation.get('knob', 0.0):+g})."
+        f"of {evaluation['num_layers']} blocks per token (knob {evaluation.get('knob', 0.0):+g}); "
+        f"computed in {computed_in(evaluation)}."
     )
+
+
+def computed_in(evaluation: dict) -> str:
+    """The dtype and device of a run (metrics/eval.json `numerics`; runs before it was recorded say so)."""
+    numerics = evaluation.get("numerics")
+    if not numerics:
+        return "a dtype the run did not record"
+    return f"{numerics['dtype']} on {numerics['device']} (torch {numerics['torch']})"
 
 
 def verdict(comparison: dict) -> str:
@@ -378,6 +387,7 @@ def models_markdown(runs: dict[str, dict]) -> str:
         (f"vanilla accuracy %, {s} {'(all)' if t == 'all' else t}", [vanilla(e, s, t) for e in runs.values()])
         for s, t in tasks
     ]
+    rows.insert(0, ("computed in", [computed_in(e) for e in runs.values()]))
     rows += [
         (f"Dr.LLM per token, {s}", [drllm(e, s) for e in runs.values()]) for s in ("eval_id", "eval_ood")
     ]

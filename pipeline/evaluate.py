@@ -112,7 +112,9 @@ def _main(args) -> None:
         Path(args.results) / "generation.parquet",
         lambda tmp: pd.DataFrame(generated).to_parquet(tmp, index=False),
     )
-    document = metrics_document(evaluation, loaded.num_layers, args.drllm, oracle, searched, generation)
+    document = metrics_document(
+        evaluation, loaded.num_layers, args.drllm, oracle, searched, generation, loaded.numerics
+    )
     io.write_json(args.metrics, document)
     io.write_json(args.headline, headline(document))
     io.write_with(

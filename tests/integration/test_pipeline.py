@@ -130,6 +130,8 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "routers_shuffled/eval_id",
         "drllm_knob_-0.5/eval_id",
     } <= set(evaluation["configs"])
+    assert evaluation["numerics"]["dtype"] in {"float32", "bfloat16"}  # dtype auto on a CPU: what it chose
+    assert evaluation["numerics"]["device"] == "cpu"
     headline = json.loads((work / "metrics/headline.json").read_text())
     assert headline["vanilla_id_acc"] == pytest.approx(
         100 * evaluation["configs"]["vanilla/eval_id"]["accuracy"]

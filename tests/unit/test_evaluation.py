@@ -473,6 +473,10 @@ def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_pair
         ],
     }
     summary = summary_markdown(document)
+    assert "computed in a dtype the run did not record" in summary  # metrics written before it was recorded
+    document["numerics"] = tiny_loaded().numerics
+    summary = summary_markdown(document)
+    assert f"computed in float32 on cpu (torch {torch.__version__})." in summary
     assert "| vanilla | eval_id | 10 | 50.0 [20.0, 80.0] | 90.0 | 1.00 | – |" in summary
     assert "| drllm | eval_id | 10 | 50.0 [20.0, 80.0] | 90.0 | 1.00 | -10.0 [-30.0, +10.0] |" in summary
     assert "best_static_2 | eval_id" in summary and "best_static_1" not in summary
