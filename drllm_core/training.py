@@ -41,7 +41,7 @@ class TrainConfig:
     candidates: int = (
         8  # cost routers: the layers after the decision layer they may skip, cheapest on average
     )
-    max_skips: int = 4  # cost routers: skipped layers per input, at most
+    max_skips: int = 8  # cost routers: skipped layers per input, at most
 
     @classmethod
     def from_params(cls, train_params: dict) -> TrainConfig:
