@@ -5,6 +5,8 @@ shortgpt_bi   ShortGPT-style pruning: drop the layers with the lowest Block Infl
 best_static   one fixed path, grown greedily: each step skips the layer whose removal keeps the most search
               questions right
 random_skip   per question, a random valid path with a given number of skipped layers
+random_deepest  a router's deepest path on random questions, vanilla on the others: its budget spent in its
+              own shape without reading the prompt
 """
 
 from __future__ import annotations
@@ -148,8 +150,7 @@ def random_path(
     """A random valid path that skips exactly `skips` layers (none when <= 0), drawn uniformly among the
     placements the constraints allow. The draw depends only on (seed, question): a question gets the same
     path whichever batch or order it is scored in."""
-    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    rng = question_rng(example_id, seed)
     count = max(0, int(skips))
     for _ in range(10_000):
         layers = set(rng.choice(num_layers, size=min(count, num_layers), replace=False).tolist())
@@ -159,3 +160,23 @@ def random_path(
     raise DrllmError(
         f"no valid path skips {count} of {num_layers} layers under {constraints} in 10,000 random draws"
     )
+
+
+def question_rng(example_id: str, seed: int) -> np.random.Generator:
+    """A generator that depends only on (seed, question): the same draw whichever batch or order."""
+    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def random_questions(example_ids: Sequence[str], count: int, seed: int) -> set[str]:
+    """`count` of the questions, drawn by a seeded uniform number per question (the smallest win)."""
+    draws = sorted((question_rng(i, seed).random(), i) for i in dict.fromkeys(example_ids))
+    return {i for _, i in draws[: max(0, count)]}
+
+
+def deepest_path(paths: Sequence[LayerPath]) -> LayerPath:
+    """The path executing the fewest blocks; among equals the most frequent, then the first."""
+    counts: dict[LayerPath, int] = {}
+    for path in paths:
+        counts[path] = counts.get(path, 0) + 1
+    return min(counts, key=lambda p: (sum(p.counts), -counts[p]))

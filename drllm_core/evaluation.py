@@ -23,7 +23,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from drllm_core import tracking
-from drllm_core.baselines import block_influence, lowest_influence_path, random_path, static_paths
+from drllm_core.baselines import (
+    block_influence,
+    deepest_path,
+    lowest_influence_path,
+    random_path,
+    random_questions,
+    static_paths,
+)
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.comparison import comparisons, summarize
 from drllm_core.errors import ConfigError, DrllmError, config_from, listed, typed
@@ -107,6 +114,11 @@ class EvaluationRunner:
 
     def run(self, config: Configuration) -> list[dict]:
         return self.run_many([config])[config.name]
+
+    def add_set(self, name: str, examples: list[Example]) -> None:
+        """Another named set to score configurations on (a subset of a set, say), keyed by its questions."""
+        self.sets[name] = examples
+        self.data_hashes[name] = content_key(sorted(e.example_id for e in examples))
 
     def run_many(self, configs: Sequence[Configuration]) -> dict[str, list[dict]]:
         """Every configuration's result rows on its sets, each (configuration, question) checkpointed.
@@ -297,6 +309,30 @@ class EvaluationRunner:
         )
 
 
+def random_deepest_rows(
+    runner: EvaluationRunner, results: pd.DataFrame, set_name: str, seed: int
+) -> list[dict]:
+    """`random_deepest` on a set: Dr.LLM's deepest path on as many random questions as save, in all, the
+    blocks Dr.LLM saves there, and vanilla's answer on the others. The budget spent in the router's own shape
+    (deep skips on a few questions change fewer answers than one skip on all) without reading the prompt:
+    what Dr.LLM gains over it is what its router reads. Needs Dr.LLM's and vanilla's rows in `results`."""
+    layers = runner.loaded.num_layers
+    rows = results[results["set"] == set_name]
+    drllm = rows[rows["config"] == "drllm"]
+    deepest = deepest_path([LayerPath.from_counts(p) for p in drllm["path"]])
+    depth = layers - sum(deepest.counts)
+    saved = float(np.maximum(0, layers - drllm["blocks"]).sum())
+    chosen = random_questions(list(drllm["example_id"]), round(saved / depth) if depth > 0 else 0, seed)
+    scored = {}
+    if chosen:
+        subset = f"{set_name}.random_deepest"
+        runner.add_set(subset, [e for e in runner.sets[set_name] if e.example_id in chosen])
+        config = Configuration.static("random_deepest", [subset], deepest)
+        scored = {r["example_id"]: {**r, "set": set_name} for r in runner.run(config)}
+    vanilla = rows[rows["config"] == "vanilla"].to_dict("records")
+    return [scored.get(r["example_id"], {**r, "config": "random_deepest"}) for r in vanilla]
+
+
 def result_rows(config: str, set_name: str, examples: Sequence[Example], decisions) -> list[dict]:
     return [
         {
@@ -417,7 +453,8 @@ def evaluate_routers(
     chosen on the `labelled` search questions the routers learned from (`static_examples` of them; `known`:
     their search's scored paths, which cost nothing again): the
     greedy best static path (most answers right), the faithful static path (most vanilla answers kept) and
-    ShortGPT's Block Influence pruning; then random skips at Dr.LLM's own per-question budget. All on the
+    ShortGPT's Block Influence pruning; then random skips at Dr.LLM's own per-question budget, and Dr.LLM's
+    deepest path on random questions at its total budget (random_deepest_rows). All on the
     same questions; Dr.LLM is compared with each baseline at the budget nearest its own blocks saved."""
     layers = runner.loaded.num_layers
     all_sets, in_domain = list(runner.sets), ["eval_id"]
@@ -456,11 +493,14 @@ def evaluate_routers(
         Configuration.random_like("random_skip", in_domain, routed[0], constraints, settings.seed),
     ]
     results = pd.DataFrame([row for rows in runner.run_many(configs).values() for row in rows])
+    deepest = random_deepest_rows(runner, results, "eval_id", settings.seed)
+    results = pd.concat([results, pd.DataFrame(deepest)], ignore_index=True)
     drllm_id = results[(results["config"] == "drllm") & (results["set"] == "eval_id")]
     budget = min(settings.static_budgets, key=lambda b: abs(b - (layers - drllm_id["blocks"].mean())))
     references = [
         *(f"{name}_{budget}" for name in static),
         "random_skip",
+        "random_deepest",
         *(f"routers_{n}" for n in other_routers),
     ]
     chosen_paths = {name: {str(b): str(p) for b, p in paths.items()} for name, paths in static.items()}

@@ -283,7 +283,15 @@ def verdict(comparison: dict) -> str:
     return "better" if comparison["difference"] > 0 else "worse"
 
 
-SUMMARY_CONFIGS = ("vanilla", "drllm", "best_static", "faithful_static", "shortgpt_bi", "random_skip")
+SUMMARY_CONFIGS = (
+    "vanilla",
+    "drllm",
+    "best_static",
+    "faithful_static",
+    "shortgpt_bi",
+    "random_skip",
+    "random_deepest",
+)
 
 
 def at_budget(config: str, budget: int) -> str:
@@ -391,7 +399,7 @@ def models_markdown(runs: dict[str, dict]) -> str:
     rows += [
         (f"Dr.LLM per token, {s}", [drllm(e, s) for e in runs.values()]) for s in ("eval_id", "eval_ood")
     ]
-    for reference in ("vanilla", "best_static", "shortgpt_bi", "routers_shuffled"):
+    for reference in ("vanilla", "best_static", "shortgpt_bi", "random_deepest", "routers_shuffled"):
         for set_name in ("eval_id", "eval_ood"):
             for agreement in (False, True) if reference != "vanilla" else (False,):
                 cells = [paired(e, reference, set_name, agreement) for e in runs.values()]

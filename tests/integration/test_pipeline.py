@@ -127,6 +127,7 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "best_static_1/eval_id",
         "faithful_static_1/eval_id",
         "random_skip/eval_id",
+        "random_deepest/eval_id",
         "routers_shuffled/eval_id",
         "drllm_knob_-0.5/eval_id",
     } <= set(evaluation["configs"])

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from drllm_core import io
-from drllm_core.baselines import block_influence, lowest_influence_path, random_path, static_paths
+from drllm_core.baselines import (
+    block_influence,
+    deepest_path,
+    lowest_influence_path,
+    random_path,
+    random_questions,
+    static_paths,
+)
 from drllm_core.calibration import calibrate_knob, choose_knob_from, held_out_search_questions
 from drllm_core.comparison import compare, summarize
 from drllm_core.engine import PathEngine
@@ -18,6 +25,7 @@ from drllm_core.evaluation import (
     EvaluationRunner,
     check_prompt_format,
     headline,
+    random_deepest_rows,
     result_rows,
 )
 from drllm_core.generation_check import _common_prefix, generation_check, speed_check
@@ -216,6 +224,57 @@ def test_configurations_scored_together_resume_from_vanilla_and_equal_scoring_ea
     assert len({tuple(r["path"]) for r in shared["costs"]}) >= 1 and all(
         r["blocks"] < 6 for r in shared["costs"]
     )
+
+
+def test_random_questions_and_the_deepest_path_are_drawn_the_same_whatever_the_order():
+    ids = [f"q{i}" for i in range(40)]
+    chosen = random_questions(ids, 10, seed=0)
+    assert len(chosen) == 10 and chosen <= set(ids)
+    assert random_questions(ids[::-1], 10, seed=0) == chosen
+    assert random_questions(ids, 11, seed=0) > chosen  # one more question, the others kept
+    assert random_questions(ids, 10, seed=1) != chosen
+    assert random_questions(ids, 0, seed=0) == set()
+    deep, shallow, other = (LayerPath((1, 0, 0, 1)), LayerPath((1, 0, 1, 1)), LayerPath((0, 1, 0, 1)))
+    assert deepest_path([shallow, deep, other, other, LayerPath.default(4)]) == other  # ties: most frequent
+    assert deepest_path([shallow, deep, other]) == deep  # then the first
+
+
+def test_random_deepest_spends_drllms_blocks_on_its_deepest_path_for_random_questions(tmp_path):
+    """Dr.LLM's rows made by hand (per-question paths, really scored): 9 blocks saved, the deepest path
+    (3 skips, twice) on 3 random questions, vanilla's rows on the others."""
+    loaded = tiny_loaded()
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
+    runner = EvaluationRunner(loaded, scorer, {"eval_id": EXAMPLES}, {"eval_id": "h"}, tmp_path / "c", "c", 4)
+    vanilla = runner.run(Configuration.static("vanilla", ["eval_id"], LayerPath.default(6)))
+    paths = [
+        (1, 0, 0, 0, 1, 1),
+        (1, 0, 1, 1, 1, 1),
+        (1,) * 6,
+        (1, 1, 0, 1, 0, 1),
+        (1,) * 6,
+        (1, 0, 0, 0, 1, 1),
+    ]
+    drllm = result_rows("drllm", "eval_id", EXAMPLES, scorer.score(EXAMPLES, torch.tensor(paths), 4))
+    results = pd.DataFrame(vanilla + drllm)
+    rows = random_deepest_rows(runner, results, "eval_id", seed=0)
+    chosen = random_questions([e.example_id for e in EXAMPLES], 3, seed=0)
+    deep = [e for e in EXAMPLES if e.example_id in chosen]
+    expected = dict(
+        zip(
+            (e.example_id for e in deep),
+            result_rows(
+                "random_deepest", "eval_id", deep, scorer.score(deep, torch.tensor([paths[0]] * 3), 4)
+            ),
+            strict=True,
+        )
+    )
+    assert rows == [expected.get(r["example_id"], {**r, "config": "random_deepest"}) for r in vanilla]
+    assert sum(6 - r["blocks"] for r in rows) == 9
+    assert random_deepest_rows(runner, results, "eval_id", seed=0) == rows  # checkpointed
+    none_saved = pd.DataFrame(vanilla + [{**r, "config": "drllm"} for r in vanilla])
+    assert random_deepest_rows(runner, none_saved, "eval_id", seed=0) == [
+        {**r, "config": "random_deepest"} for r in vanilla
+    ]
 
 
 def test_random_skips_like_a_class_router_save_its_blocks_per_question_and_must_come_after_it(tmp_path):
