@@ -1,0 +1,195 @@
+"""Can a router tell which questions tolerate a deep skip? `python -m benchmarks.deep_skip` (needs the
+default pipeline's labelled search questions and routers: `dvc repro train`).
+
+A budget of about one block per token keeps more of vanilla's answers spent as a deep skip on a few
+questions than as one skip on every question (docs/experiments.md, rounds 3 to 6), so a router's gain over a
+fixed single skip mixes two things: the shape of its budget and what it reads in the prompt. This benchmark
+isolates the second. The deep path skips every candidate layer of the served cost router (`--routers`);
+it is scored, with vanilla, on every labelled search question. Then, in 5-fold cross-validation over those
+questions, the cost router's own fit (drllm_core.training, the deep path's KL from vanilla as its one
+target) predicts from the pooled state entering each `--layers` decision layer which questions it costs
+least; at each `--blocks` budget the questions predicted cheapest take the deep path, the others vanilla's:
+
+  router     the questions the fit predicts cheapest
+  shuffled   the same fit on costs shuffled across questions (the pipeline's control)
+  random     seeded random questions (mean over `--draws` draws, with the 2.5-97.5% range)
+  oracle     the questions the deep path truly costs least (an upper bound no prompt router reaches)
+
+Reported: the share of vanilla's answers kept and the accuracy, and the router against the shuffled
+control, paired (McNemar). Held-out questions are search questions, never a test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.common import command_line, print_table, write_json
+from drllm_core.engine import PathEngine
+from drllm_core.io import read_yaml
+from drllm_core.models import ModelSpec, load_model
+from drllm_core.paths import EXECUTE, SKIP
+from drllm_core.routers import window_mean
+from drllm_core.routing import RouterConfig, read_router_config
+from drllm_core.stats import paired_comparison
+from drllm_core.tasks.schema import examples_from_frame
+from drllm_core.tasks.scorer import ExampleScorer
+from drllm_core.training import TrainConfig, read_features, shuffled, train_cost_router
+
+
+def choice_kl(reference: list[float], other: list[float]) -> float:
+    """KL divergence of the softmax of `other`'s choice scores from `reference`'s."""
+    p = torch.log_softmax(torch.tensor(reference, dtype=torch.float64), 0)
+    q = torch.log_softmax(torch.tensor(other, dtype=torch.float64), 0)
+    return max(0.0, float((p.exp() * (p - q)).sum()))
+
+
+def cheapest(scores: np.ndarray, count: int) -> np.ndarray:
+    """A mask of the `count` questions with the lowest scores."""
+    mask = np.zeros(len(scores), bool)
+    mask[np.argsort(scores, kind="stable")[:count]] = True
+    return mask
+
+
+def out_of_fold_costs(tensors, costs, layer, column, train, seed, shuffle) -> np.ndarray:
+    """Every question's predicted deep-path cost (log KL) from a cost router fitted on the other folds:
+    `costs` (N, 1), the KL, sits in one candidate column after the decision layer, so the pipeline's fit
+    (the log of the cost, rank and penalty chosen by its own cross-validation) is what predicts it."""
+    count, layers = costs.shape[0], tensors["features"].shape[1]
+    base = RouterConfig(layers, tensors["features"].shape[-1], kind="costs", decision_layer=layer)
+    config = replace(train, candidates=1, max_skips=1, val_fraction=1e-9)  # the folds hold questions out
+    targets = torch.full((count, layers), float("nan"), dtype=torch.float64)
+    targets[:, column] = torch.as_tensor(costs[:, 0])
+    labels = {**tensors, "costs": targets, "keeps": torch.where(targets.isnan(), targets, 1.0)}
+    order, predicted = np.random.default_rng(seed).permutation(count), np.zeros(count)
+    for fold in range(5):
+        held = np.sort(order[fold::5])
+        kept = np.sort(np.setdiff1d(order, held))
+        part = {name: value[kept] for name, value in labels.items()}
+        if shuffle:
+            part = shuffled(part, seed + fold)
+        router = train_cost_router(
+            part["features"], part["window_mask"], part["costs"], part["keeps"], base, config
+        ).routers.cost.eval()
+        pooled = window_mean(tensors["features"][held, layer].double(), tensors["window_mask"][held])
+        with torch.no_grad():
+            predicted[held] = router(pooled.float())[:, 0].double().numpy()
+    return predicted
+
+
+def main(argv=None):
+    parser = command_line(__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--features", default="data/features/singles")
+    parser.add_argument("--search-set", default="data/prepared/search.parquet")
+    parser.add_argument("--routers", default="models/routers/costs")
+    parser.add_argument(
+        "--layers",
+        default="",
+        help="decision layers, comma-separated (default: the routers' "
+        "and the last before their first candidate)",
+    )
+    parser.add_argument("--blocks", default="1.2,2.0", help="blocks saved per question, every policy")
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    params = read_yaml(args.params)
+    train = TrainConfig.from_params(params["train"])
+    tensors, meta = read_features(args.features, train.windows)
+    routing = read_router_config(args.routers)
+    if routing.kind != "costs":
+        parser.error(f"{args.routers} holds {routing.kind} routers: this benchmark needs cost routers")
+    candidates, layers = routing.candidates[: train.max_skips], routing.num_layers
+    decision = sorted({routing.decision_layer, min(candidates) - 1})
+    decision = [int(v) for v in args.layers.split(",")] if args.layers else decision
+    by_id = {e.example_id: e for e in examples_from_frame(pd.read_parquet(args.search_set))}
+    examples = [by_id[i] for i in meta["example_ids"]]
+
+    loaded = load_model(ModelSpec.from_params(params["model"]))
+    scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks", {}))
+    deep = [SKIP if i in candidates else EXECUTE for i in range(layers)]
+    vanilla = scorer.score(examples, None, args.batch_size)
+    skipped = scorer.score(examples, torch.tensor([deep] * len(examples)), args.batch_size)
+    kept = np.array([a.prediction == b.prediction for a, b in zip(vanilla, skipped, strict=True)], float)
+    right = {
+        "vanilla": np.array([d.correct for d in vanilla], float),
+        "deep": np.array([d.correct for d in skipped], float),
+    }
+    kl = np.array([choice_kl(a.scores, b.scores) for a, b in zip(vanilla, skipped, strict=True)])
+
+    predicted = {  # (decision layer, policy) -> every question's out-of-fold predicted cost
+        (layer, name): out_of_fold_costs(tensors, kl[:, None], layer, layer + 1, train, args.seed, shuffle)
+        for layer in decision
+        for name, shuffle in (("router", False), ("shuffled", True))
+    }
+    rows, pairs = [], []
+    for budget in (float(b) for b in args.blocks.split(",")):
+        count = round(budget * len(examples) / len(candidates))
+
+        def outcome(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.where(mask, kept, 1.0), np.where(mask, right["deep"], right["vanilla"])
+
+        common = {"blocks_saved": count * len(candidates) / len(examples), "questions_deep": count}
+        draws = [
+            outcome(cheapest(np.random.default_rng(args.seed + d).random(len(kl)), count))
+            for d in range(args.draws)
+        ]
+        share = np.array([k.mean() for k, _ in draws])
+        rows.append(
+            {
+                **common,
+                "policy": "random",
+                "agreement": float(share.mean()),
+                "agreement_range": [round(float(np.percentile(share, q)), 3) for q in (2.5, 97.5)],
+                "accuracy": float(np.mean([c.mean() for _, c in draws])),
+            }
+        )
+        policies = {"oracle": outcome(cheapest(kl, count))}
+        policies |= {
+            f"{name}, layer {layer}": outcome(cheapest(p, count)) for (layer, name), p in predicted.items()
+        }
+        rows += [
+            {**common, "policy": name, "agreement": agreement.mean(), "accuracy": accuracy.mean()}
+            for name, (agreement, accuracy) in policies.items()
+        ]
+        for layer in decision:
+            versus = paired_comparison(
+                policies[f"router, layer {layer}"][0], policies[f"shuffled, layer {layer}"][0]
+            )
+            pairs.append(
+                {
+                    "blocks_saved": common["blocks_saved"],
+                    "decision_layer": layer,
+                    "agreement_difference": versus["difference"],
+                    "ci": [round(float(versus["ci_low"]), 3), round(float(versus["ci_high"]), 3)],
+                    "mcnemar_p": versus["mcnemar_p"],
+                }
+            )
+    title = (
+        f"Deep path (skipping layers {candidates}) on {len(examples)} labelled search questions: it keeps "
+        f"{kept.mean():.1%} of vanilla's answers alone; vanilla accuracy {right['vanilla'].mean():.1%} "
+        f"({meta['model']}, {loaded.numerics['dtype']})"
+    )
+    print_table(title, rows)
+    print_table("Router against its shuffled control: agreement with vanilla, paired", pairs)
+    write_json(
+        "deep_skip",
+        {
+            "model": meta["model"],
+            "numerics": loaded.numerics,
+            "args": vars(args),
+            "deep_path_skips": candidates,
+            "deep_path_kept": float(kept.mean()),
+            "rows": rows,
+            "router_vs_shuffled": pairs,
+        },
+    )
+    return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":
+    main()
