@@ -86,6 +86,7 @@ bench: setup
 	@python -m benchmarks.search
 	@python -m benchmarks.train
 	@python -m benchmarks.skip_costs
+	@python -m benchmarks.deep_skip
 	@python -m benchmarks.label_sources
 	@python -m benchmarks.inference
 	@python -m benchmarks.scale
