@@ -88,7 +88,7 @@ def main(argv=None):
     parser.add_argument("--routers", default="models/routers/costs")
     parser.add_argument(
         "--layers",
-        default="",
+        default=None,
         help="decision layers, comma-separated (default: the routers' "
         "and the last before their first candidate)",
     )
