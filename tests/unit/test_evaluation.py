@@ -33,7 +33,7 @@ from drllm_core.inference import RoutedModel
 from drllm_core.models import weights_fingerprint
 from drllm_core.paths import LayerPath, PathConstraints
 from drllm_core.prepare import sample
-from drllm_core.report import markdown_table, summary_markdown
+from drllm_core.report import DODGE, markdown_table, sideways, summary_markdown
 from drllm_core.rewards import PathRewards
 from drllm_core.routers import RouterSet
 from drllm_core.routing import RouterConfig, Routing, read_router_config, routers_hash
@@ -437,6 +437,13 @@ def test_the_calibrate_stage_writes_the_calibrated_folder_and_refuses_bad_knobs(
         "examples": 0,
         "calibration": [],
     }
+
+
+def test_the_pareto_pictures_single_points_move_sideways_apart_and_its_lines_stay():
+    families = {f: [f] for f in ("vanilla", "random_skip", "random_deepest", "routers_shuffled")}
+    shift = sideways(families | {"drllm": ["drllm", "drllm_knob_+0.5"], "best_static": ["1", "2", "3"]})
+    assert shift["drllm"] == shift["best_static"] == shift["vanilla"] == 0.0
+    assert [shift[f] for f in ("random_deepest", "random_skip", "routers_shuffled")] == [-DODGE, 0.0, DODGE]
 
 
 def test_headline_is_flat_points_and_none_where_not_measured():
