@@ -195,7 +195,7 @@ def main(argv=None):
         "engine",
         {
             "model": loaded.name,
-            "dtype": str(loaded.dtype),
+            "numerics": loaded.numerics,
             "args": vars(args),
             "forward": forward,
             "generation": generation,

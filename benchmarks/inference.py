@@ -137,6 +137,7 @@ def main(argv=None):
         f"inference-{loaded.name}",  # one result per base model
         {
             "model": loaded.name,
+            "numerics": loaded.numerics,
             "routers": args.routers,
             "args": vars(args),
             "rows": rows,

@@ -54,7 +54,7 @@ def main(argv=None):
             )
     print(f"model {loaded.name}, dtype {loaded.dtype}, {torch.get_num_threads()} threads")
     print_table("Vanilla accuracy per task (default path)", rows)
-    write_json("tasks", {"model": loaded.name, "dtype": str(loaded.dtype), "tasks": rows})
+    write_json("tasks", {"model": loaded.name, "numerics": loaded.numerics, "tasks": rows})
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ def render_record(name: str, record: dict) -> str:
         f"`{command(name, record)}` at commit {record['commit']}; {machine['platform']}, "
         f"{machine['cpu_count']} CPUs, {machine['torch_threads']} torch threads, torch {machine['torch']}"
         + (f"; model {record['model']}" if "model" in record else "")
+        + (
+            f", in {record['numerics']['dtype']} on {record['numerics']['device']}"
+            if "numerics" in record
+            else ""
+        )
         + ".\n"
     ]
     for key, rows in record.items():
