@@ -28,7 +28,9 @@ import pandas as pd
 import torch
 
 from benchmarks.common import command_line, print_table, write_json
+from drllm_core.comparison import with_agreement
 from drllm_core.engine import PathEngine
+from drllm_core.evaluation import result_rows
 from drllm_core.io import read_yaml
 from drllm_core.models import ModelSpec, load_model
 from drllm_core.paths import EXECUTE, SKIP
@@ -38,13 +40,6 @@ from drllm_core.stats import paired_comparison
 from drllm_core.tasks.schema import examples_from_frame
 from drllm_core.tasks.scorer import ExampleScorer
 from drllm_core.training import TrainConfig, read_features, shuffled, train_cost_router
-
-
-def choice_kl(reference: list[float], other: list[float]) -> float:
-    """KL divergence of the softmax of `other`'s choice scores from `reference`'s."""
-    p = torch.log_softmax(torch.tensor(reference, dtype=torch.float64), 0)
-    q = torch.log_softmax(torch.tensor(other, dtype=torch.float64), 0)
-    return max(0.0, float((p.exp() * (p - q)).sum()))
 
 
 def cheapest(scores: np.ndarray, count: int) -> np.ndarray:
@@ -112,27 +107,28 @@ def main(argv=None):
     loaded = load_model(ModelSpec.from_params(params["model"]))
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks", {}))
     deep = [SKIP if i in candidates else EXECUTE for i in range(layers)]
-    vanilla = scorer.score(examples, None, args.batch_size)
-    skipped = scorer.score(examples, torch.tensor([deep] * len(examples)), args.batch_size)
-    kept = np.array([a.prediction == b.prediction for a, b in zip(vanilla, skipped, strict=True)], float)
-    right = {
-        "vanilla": np.array([d.correct for d in vanilla], float),
-        "deep": np.array([d.correct for d in skipped], float),
-    }
-    kl = np.array([choice_kl(a.scores, b.scores) for a, b in zip(vanilla, skipped, strict=True)])
+    scored = pd.concat(  # as evaluate scores configurations: agreement and KL from vanilla per question
+        pd.DataFrame(result_rows(name, "search", examples, scorer.score(examples, counts, args.batch_size)))
+        for name, counts in (("vanilla", None), ("deep", torch.tensor([deep] * len(examples))))
+    )
+    frame = with_agreement(scored)
+    vanilla, skipped = (frame[frame["config"] == name] for name in ("vanilla", "deep"))
+    kept, kl = skipped["agrees"].to_numpy(float), skipped["kl"].to_numpy()
+    right = {"vanilla": vanilla["correct"].to_numpy(float), "deep": skipped["correct"].to_numpy(float)}
 
     predicted = {  # (decision layer, policy) -> every question's out-of-fold predicted cost
         (layer, name): out_of_fold_costs(tensors, kl[:, None], layer, layer + 1, train, args.seed, shuffle)
         for layer in decision
         for name, shuffle in (("router", False), ("shuffled", True))
     }
+
+    def outcome(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Answers kept and right when the masked questions take the deep path, the others vanilla's."""
+        return np.where(mask, kept, 1.0), np.where(mask, right["deep"], right["vanilla"])
+
     rows, pairs = [], []
     for budget in (float(b) for b in args.blocks.split(",")):
         count = round(budget * len(examples) / len(candidates))
-
-        def outcome(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return np.where(mask, kept, 1.0), np.where(mask, right["deep"], right["vanilla"])
-
         common = {"blocks_saved": count * len(candidates) / len(examples), "questions_deep": count}
         draws = [
             outcome(cheapest(np.random.default_rng(args.seed + d).random(len(kl)), count))
