@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -176,7 +177,5 @@ def random_questions(example_ids: Sequence[str], count: int, seed: int) -> set[s
 
 def deepest_path(paths: Sequence[LayerPath]) -> LayerPath:
     """The path executing the fewest blocks; among equals the most frequent, then the first."""
-    counts: dict[LayerPath, int] = {}
-    for path in paths:
-        counts[path] = counts.get(path, 0) + 1
+    counts = Counter(paths)  # keeps first-seen order: min() returns the first of equals
     return min(counts, key=lambda p: (sum(p.counts), -counts[p]))
