@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from drllm_core.stats import paired_comparison, wilson_interval
+from drllm_core.stats import choice_kl, paired_comparison, wilson_interval
 
 
 def with_agreement(results: pd.DataFrame) -> pd.DataFrame:
@@ -24,16 +24,11 @@ def with_agreement(results: pd.DataFrame) -> pd.DataFrame:
     reference = vanilla.reindex(keys)
     frame = results.copy()
     frame["agrees"] = results["prediction"].to_numpy() == reference["prediction"].to_numpy()
-    frame["kl"] = [_kl(v, c) for v, c in zip(reference["scores"], results["scores"], strict=True)]
+    frame["kl"] = [  # NaN where vanilla did not answer the question (no reference scores)
+        choice_kl(v, c) if isinstance(v, list | np.ndarray) else math.nan
+        for v, c in zip(reference["scores"], results["scores"], strict=True)
+    ]
     return frame
-
-
-def _kl(reference, scores) -> float:
-    if not isinstance(reference, list | np.ndarray) or len(reference) == 0 or len(scores) == 0:
-        return math.nan
-    p, q = (np.exp(np.asarray(x, float) - np.max(x)) for x in (reference, scores))
-    p, q = p / p.sum(), q / q.sum()
-    return float(np.sum(p * (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(q, 1e-12, 1)))))
 
 
 def summarize(results: pd.DataFrame, num_layers: int) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from drllm_core.errors import ConfigError
 from drllm_core.paths import CLASS_NAMES, EXECUTE, LayerPath
+from drllm_core.stats import choice_kl
 
 LABEL_RULES = ("shortest", "consensus", "soft", "skip_cost")
 
@@ -105,26 +106,15 @@ def skip_costs(record: dict) -> tuple[list[float], list[float]]:
     scored = dict(zip(map(tuple, record["scored_labels"]), range(len(record["scored_labels"])), strict=True))
     layers = record["num_layers"]
     default = scored[(EXECUTE,) * layers]
-    reference = _distribution(record["scored_scores"][default])
+    reference = record["scored_scores"][default]
     costs, keeps = [math.nan] * layers, [math.nan] * layers
     for layer in range(layers):
         index = scored.get(tuple(0 if i == layer else EXECUTE for i in range(layers)))
         if index is None:
             continue
         keeps[layer] = float(record["scored_prediction"][index] == record["scored_prediction"][default])
-        if reference is not None:
-            skipped = _distribution(record["scored_scores"][index])
-            costs[layer] = float(max(0.0, (reference * (np.log(reference) - np.log(skipped))).sum()))
+        costs[layer] = choice_kl(reference, record["scored_scores"][index])
     return costs, keeps
-
-
-def _distribution(scores: list[float]) -> np.ndarray | None:
-    """The softmax of a path's choice scores (None for a generated answer), clipped away from zero."""
-    if not scores:
-        return None
-    values = np.asarray(scores, dtype=np.float64)
-    values = np.exp(values - values.max())
-    return np.clip(values / values.sum(), 1e-12, 1.0)
 
 
 def labelled(record: dict, rule: LabelRule) -> dict:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 from scipy import stats
 
 # The headline figures of one configuration (per set, or per task) in metrics/eval.json: what the report reads.
@@ -46,3 +48,15 @@ def paired_comparison(correct_a, correct_b, confidence: float = 0.95) -> dict:
         "mcnemar_p": float(p_value),
         "significant": bool(p_value < 1 - confidence),
     }
+
+
+def choice_kl(reference: Sequence[float], scores: Sequence[float]) -> float:
+    """KL divergence of the choice distribution of `scores` from that of `reference` (per-choice scores,
+    softmaxed; probabilities clipped at 1e-12 so a choice one path rules out stays finite): how far a skip
+    moves the model's answer, a label (drllm_core.labels) and a faithfulness measure (drllm_core.comparison)
+    alike. NaN when either has no scores (a generated answer)."""
+    if len(reference) == 0 or len(scores) == 0:
+        return math.nan
+    p, q = (np.exp(np.asarray(x, np.float64) - np.max(x)) for x in (reference, scores))
+    p, q = np.clip(p / p.sum(), 1e-12, 1.0), np.clip(q / q.sum(), 1e-12, 1.0)
+    return float(max(0.0, np.sum(p * (np.log(p) - np.log(q)))))

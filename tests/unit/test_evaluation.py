@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -38,7 +39,7 @@ from drllm_core.rewards import PathRewards
 from drllm_core.routers import RouterSet
 from drllm_core.routing import RouterConfig, Routing, read_router_config, routers_hash
 from drllm_core.search_runner import SearchSettings
-from drllm_core.stats import paired_comparison, wilson_interval
+from drllm_core.stats import choice_kl, paired_comparison, wilson_interval
 from drllm_core.tasks.registry import get_task
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scorer import ExampleScorer
@@ -129,6 +130,15 @@ def test_paired_statistics():
     assert better["difference"] == pytest.approx(0.2) and better["significant"] and better["ci_low"] > 0.1
     low, high = wilson_interval(0, 10)
     assert low == 0 and 0.2 < high < 0.35
+
+
+def test_choice_kl_is_the_kl_of_the_softmaxed_scores_and_finite_when_a_choice_is_ruled_out():
+    p, q = torch.softmax(torch.tensor([-1.0, -2.0]), 0), torch.softmax(torch.tensor([-1.0, -1.5]), 0)
+    assert choice_kl([-1.0, -2.0], [-1.0, -1.5]) == pytest.approx(float((p * (p / q).log()).sum()))
+    assert choice_kl([0.5, -3.0, 1.0], [10.5, 7.0, 11.0]) == 0  # scores shifted alike: the same distribution
+    ruled_out = choice_kl([0.0, 0.0], [0.0, -1e6])
+    assert ruled_out == pytest.approx(0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-12))  # not infinity
+    assert math.isnan(choice_kl([], [-1.0])) and math.isnan(choice_kl([-1.0], []))
 
 
 def test_knob_choice_meets_the_compute_target_with_the_least_skipping():
