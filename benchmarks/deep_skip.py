@@ -4,16 +4,21 @@ default pipeline's labelled search questions and routers: `dvc repro train`).
 A budget of about one block per token keeps more of vanilla's answers spent as a deep skip on a few
 questions than as one skip on every question (docs/experiments.md, rounds 3 to 6), so a router's gain over a
 fixed single skip mixes two things: the shape of its budget and what it reads in the prompt. This benchmark
-isolates the second. The deep path skips every candidate layer of the served cost router (`--routers`);
-it is scored, with vanilla, on every labelled search question. Then, in 5-fold cross-validation over those
-questions, the cost router's own fit (drllm_core.training, the deep path's KL from vanilla as its one
-target) predicts from the pooled state entering each `--layers` decision layer which questions it costs
-least; at each `--blocks` budget the questions predicted cheapest take the deep path, the others vanilla's:
+isolates the second. The deep path skips every candidate layer of the served cost router (`--routers`), or
+the layers `--skips` names; it is scored, with vanilla, on every labelled search question. Then, in 5-fold
+cross-validation over those questions, the cost router's own fit (drllm_core.training, the deep path's KL
+from vanilla as its one target) predicts from the pooled state entering each `--layers` decision layer which
+questions it costs least; at each `--blocks` budget the questions predicted cheapest take the deep path,
+the others vanilla's:
 
-  router     the questions the fit predicts cheapest
-  shuffled   the same fit on costs shuffled across questions (the pipeline's control)
-  random     seeded random questions (mean over `--draws` draws, with the 2.5-97.5% range)
-  oracle     the questions the deep path truly costs least (an upper bound no prompt router reaches)
+  router      the questions the fit predicts cheapest
+  shuffled    the same fit on costs shuffled across questions (the pipeline's control)
+  random      seeded random questions (mean over `--draws` draws, with the 2.5-97.5% range)
+  confidence  no fit: the questions whose answer is surest (the lead of the top choice's probability over
+              the runner-up's) when the model exits early, entering the deep path's first skipped layer:
+              a later state, read at the answer's own positions, at the cost of one head
+  vanilla's confidence  the same lead after the full forward: what the router would need to know
+  oracle      the questions the deep path truly costs least (an upper bound no prompt router reaches)
 
 Reported: the share of vanilla's answers kept and the accuracy, and the router against the shuffled
 control, paired (McNemar). Held-out questions are search questions, never a test set.
@@ -47,6 +52,13 @@ def cheapest(scores: np.ndarray, count: int) -> np.ndarray:
     mask = np.zeros(len(scores), bool)
     mask[np.argsort(scores, kind="stable")[:count]] = True
     return mask
+
+
+def lead(scores) -> float:
+    """How sure a choice distribution is: the top choice's probability minus the runner-up's."""
+    probabilities = np.exp(np.asarray(scores, np.float64) - np.max(scores))
+    top, runner_up = np.sort(probabilities / probabilities.sum())[[-1, -2]]
+    return float(top - runner_up)
 
 
 def out_of_fold_costs(tensors, costs, layer, column, train, seed, shuffle) -> np.ndarray:
@@ -87,6 +99,11 @@ def main(argv=None):
         help="decision layers, comma-separated (default: the routers' "
         "and the last before their first candidate)",
     )
+    parser.add_argument(
+        "--skips",
+        default=None,
+        help="the deep path's skipped layers, comma-separated (default: the candidates)",
+    )
     parser.add_argument("--blocks", default="1.2,2.0", help="blocks saved per question, every policy")
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -99,20 +116,35 @@ def main(argv=None):
     if routing.kind != "costs":
         parser.error(f"{args.routers} holds {routing.kind} routers: this benchmark needs cost routers")
     candidates, layers = routing.candidates[: train.max_skips], routing.num_layers
+    candidates = sorted(int(v) for v in args.skips.split(",")) if args.skips else candidates
     decision = sorted({routing.decision_layer, min(candidates) - 1})
     decision = [int(v) for v in args.layers.split(",")] if args.layers else decision
+    if min(decision) < 0 or max(decision) >= min(candidates) or max(candidates) >= layers:
+        parser.error(
+            f"decision layers {decision} must come before every skipped layer {candidates}, all within the "
+            f"model's {layers} layers"
+        )
     by_id = {e.example_id: e for e in examples_from_frame(pd.read_parquet(args.search_set))}
     examples = [by_id[i] for i in meta["example_ids"]]
 
     loaded = load_model(ModelSpec.from_params(params["model"]))
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks", {}))
-    deep = [SKIP if i in candidates else EXECUTE for i in range(layers)]
-    scored = pd.concat(  # as evaluate scores configurations: agreement and KL from vanilla per question
-        pd.DataFrame(result_rows(name, "search", examples, scorer.score(examples, counts, args.batch_size)))
-        for name, counts in (("vanilla", None), ("deep", torch.tensor([deep] * len(examples))))
-    )
-    frame = with_agreement(scored)
-    vanilla, skipped = (frame[frame["config"] == name] for name in ("vanilla", "deep"))
+    paths = {  # per layer: executed or skipped (vanilla: the default path)
+        "vanilla": [EXECUTE] * layers,
+        "deep": [SKIP if i in candidates else EXECUTE for i in range(layers)],
+        "exit": [SKIP if i >= min(candidates) else EXECUTE for i in range(layers)],  # the early exit
+    }
+
+    def scored(name: str, path: list[int]) -> pd.DataFrame:
+        """Every question under one path, as evaluate scores a configuration."""
+        decisions = scorer.score(examples, torch.tensor([path] * len(examples)), args.batch_size)
+        return pd.DataFrame(result_rows(name, "search", examples, decisions))
+
+    frame = with_agreement(pd.concat(scored(name, path) for name, path in paths.items()))  # agreement, KL
+    vanilla, skipped, exited = (frame[frame["config"] == name] for name in paths)
+    confidence = {
+        name: part["scores"].map(lead).to_numpy() for name, part in (("exit", exited), ("vanilla", vanilla))
+    }
     kept, kl = skipped["agrees"].to_numpy(float), skipped["kl"].to_numpy()
     right = {"vanilla": vanilla["correct"].to_numpy(float), "deep": skipped["correct"].to_numpy(float)}
 
@@ -144,7 +176,11 @@ def main(argv=None):
                 "accuracy": float(np.mean([c.mean() for _, c in draws])),
             }
         )
-        policies = {"oracle": outcome(cheapest(kl, count))}
+        policies = {
+            "oracle": outcome(cheapest(kl, count)),
+            f"confidence, exit at layer {min(candidates)}": outcome(cheapest(-confidence["exit"], count)),
+            "vanilla's confidence": outcome(cheapest(-confidence["vanilla"], count)),
+        }
         policies |= {
             f"{name}, layer {layer}": outcome(cheapest(p, count)) for (layer, name), p in predicted.items()
         }
@@ -173,7 +209,7 @@ def main(argv=None):
     print_table(title, rows)
     print_table("Router against its shuffled control: agreement with vanilla, paired", pairs)
     write_json(
-        "deep_skip",
+        "deep_skip" + (f"-skips-{'-'.join(map(str, candidates))}" if args.skips else ""),
         {
             "model": meta["model"],
             "numerics": loaded.numerics,
