@@ -17,6 +17,8 @@ the others vanilla's:
   confidence  no fit: the questions whose answer is surest (the lead of the top choice's probability over
               the runner-up's) when the model exits early, entering the deep path's first skipped layer:
               a later state, read at the answer's own positions, at the cost of one head
+  tuned lens  the same lead read at the same layer through a tuned lens fitted on the other folds
+              (tuned_lens_leads): an affine map onto the last layer's residual stream before the head
   vanilla's confidence  the same lead after the full forward: what the router would need to know
   oracle      the questions the deep path truly costs least (an upper bound no prompt router reaches)
 
@@ -42,6 +44,8 @@ from drllm_core.paths import EXECUTE, SKIP
 from drllm_core.routers import window_mean
 from drllm_core.routing import RouterConfig, read_router_config
 from drllm_core.stats import paired_comparison
+from drllm_core.tasks.answers import decide_choice
+from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods
 from drllm_core.tasks.schema import examples_from_frame
 from drllm_core.tasks.scorer import ExampleScorer
 from drllm_core.training import TrainConfig, read_features, shuffled, train_cost_router
@@ -61,7 +65,50 @@ def lead(scores) -> float:
     return float(top - runner_up)
 
 
-def out_of_fold_costs(tensors, costs, layer, column, train, seed, shuffle) -> np.ndarray:
+def tuned_lens_leads(scorer: ExampleScorer, examples, layer: int, folds, batch_size: int) -> np.ndarray:
+    """Every question's answer confidence (`lead`) read entering `layer` through a tuned lens (Belrose et al.,
+    2023): an affine map of the residual stream there onto the last layer's, fitted by ridge regression at
+    the positions that score the choices of the other folds' questions, then the final norm and head."""
+    engine = scorer.engine
+    order = sorted(range(len(examples)), key=lambda i: len(scorer.prompt(examples[i]).context))
+    batches = []  # (question indices, batch, hidden entering `layer`, state after the last layer)
+    for start in range(0, len(order), batch_size):  # in the scorer's order: vanilla's numerics exactly
+        chunk = order[start : start + batch_size]
+        batch = PackedBatch.collate([scorer.pack(examples[i]) for i in chunk], scorer.tokenizer.pad_token_id)
+        counts = engine.default_paths(len(chunk))
+        entering = engine.run(batch.embed(engine, scorer.shared_prefix), counts, stop=layer)
+        batches.append((chunk, batch, entering.hidden.float(), engine.run(entering, counts)))
+    inputs, targets = {}, {}  # per question: the states at its scored positions, entering `layer` and last
+    for chunk, batch, hidden, final in batches:
+        rows, slots = torch.nonzero(batch.target_choice >= 0, as_tuple=True)
+        at = batch.predict_at[rows, slots] - final.prefix_length
+        for row, question in enumerate(chunk):
+            inputs[question], targets[question] = (
+                hidden[row, at[rows == row]],
+                final.hidden[row, at[rows == row]],
+            )
+    leads = np.zeros(len(examples))
+    for held in folds:
+        fitted, held_out = np.setdiff1d(np.arange(len(examples)), held), set(held.tolist())
+        x = torch.cat([inputs[q] for q in fitted]).double()
+        y = torch.cat([targets[q] for q in fitted]).double()
+        x_mean, y_mean = x.mean(0), y.mean(0)
+        gram = (x - x_mean).T @ (x - x_mean) + 1e-3 * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+        weight = torch.linalg.solve(gram, (x - x_mean).T @ (y - y_mean))
+        for chunk, batch, hidden, final in batches:
+            rows = [row for row, question in enumerate(chunk) if question in held_out]
+            if not rows:
+                continue
+            lens = ((hidden.double() - x_mean) @ weight + y_mean).to(final.hidden.dtype)
+            scores = choice_loglikelihoods(engine, replace(final, hidden=lens), batch)
+            for row in rows:
+                example = examples[chunk[row]]
+                decision = decide_choice(scores[row], example, scorer.settings(example.task))
+                leads[chunk[row]] = lead(decision.scores)
+    return leads
+
+
+def out_of_fold_costs(tensors, costs, layer, column, train, folds, seed, shuffle) -> np.ndarray:
     """Every question's predicted deep-path cost (log KL) from a cost router fitted on the other folds:
     `costs` (N, 1), the KL, sits in one candidate column after the decision layer, so the pipeline's fit
     (the log of the cost, rank and penalty chosen by its own cross-validation) is what predicts it."""
@@ -71,10 +118,9 @@ def out_of_fold_costs(tensors, costs, layer, column, train, seed, shuffle) -> np
     targets = torch.full((count, layers), float("nan"), dtype=torch.float64)
     targets[:, column] = torch.as_tensor(costs[:, 0])
     labels = {**tensors, "costs": targets, "keeps": torch.where(targets.isnan(), targets, 1.0)}
-    order, predicted = np.random.default_rng(seed).permutation(count), np.zeros(count)
-    for fold in range(5):
-        held = np.sort(order[fold::5])
-        kept = np.sort(np.setdiff1d(order, held))
+    predicted = np.zeros(count)
+    for fold, held in enumerate(folds):
+        kept = np.setdiff1d(np.arange(count), held)
         part = {name: value[kept] for name, value in labels.items()}
         if shuffle:
             part = shuffled(part, seed + fold)
@@ -148,8 +194,13 @@ def main(argv=None):
     kept, kl = skipped["agrees"].to_numpy(float), skipped["kl"].to_numpy()
     right = {"vanilla": vanilla["correct"].to_numpy(float), "deep": skipped["correct"].to_numpy(float)}
 
+    order = np.random.default_rng(args.seed).permutation(len(examples))
+    folds = [np.sort(order[fold::5]) for fold in range(5)]  # every fit holds one fold out
+    confidence["tuned lens"] = tuned_lens_leads(scorer, examples, min(candidates), folds, args.batch_size)
     predicted = {  # (decision layer, policy) -> every question's out-of-fold predicted cost
-        (layer, name): out_of_fold_costs(tensors, kl[:, None], layer, layer + 1, train, args.seed, shuffle)
+        (layer, name): out_of_fold_costs(
+            tensors, kl[:, None], layer, layer + 1, train, folds, args.seed, shuffle
+        )
         for layer in decision
         for name, shuffle in (("router", False), ("shuffled", True))
     }
@@ -179,6 +230,7 @@ def main(argv=None):
         policies = {
             "oracle": outcome(cheapest(kl, count)),
             f"confidence, exit at layer {min(candidates)}": outcome(cheapest(-confidence["exit"], count)),
+            f"tuned lens, layer {min(candidates)}": outcome(cheapest(-confidence["tuned lens"], count)),
             "vanilla's confidence": outcome(cheapest(-confidence["vanilla"], count)),
         }
         policies |= {
