@@ -79,7 +79,7 @@ ablations: setup
 	@dvc queue start --jobs 1
 	@echo "queued; follow with: dvc queue status, dvc exp show (docs/experiments.md)"
 
-# Every benchmark (search, train, label_sources, inference and scale need the pipeline's outputs: run `make repro` first).
+# Every benchmark (search, train, label_sources, tuned_lens, inference and scale need the pipeline's outputs: run `make repro` first).
 bench: setup
 	@python -m benchmarks.engine
 	@python -m benchmarks.tasks
@@ -87,6 +87,7 @@ bench: setup
 	@python -m benchmarks.train
 	@python -m benchmarks.skip_costs
 	@python -m benchmarks.deep_skip
+	@python -m benchmarks.tuned_lens
 	@python -m benchmarks.label_sources
 	@python -m benchmarks.inference
 	@python -m benchmarks.scale

@@ -28,15 +28,16 @@ control, paired (McNemar). Held-out questions are search questions, never a test
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from benchmarks.common import command_line, print_table, write_json
 from drllm_core.comparison import with_agreement
-from drllm_core.engine import PathEngine
+from drllm_core.engine import HiddenState, PathEngine
 from drllm_core.evaluation import result_rows
 from drllm_core.io import read_yaml
 from drllm_core.models import ModelSpec, load_model
@@ -65,46 +66,78 @@ def lead(scores) -> float:
     return float(top - runner_up)
 
 
-def tuned_lens_leads(scorer: ExampleScorer, examples, layer: int, folds, batch_size: int) -> np.ndarray:
-    """Every question's answer confidence (`lead`) read entering `layer` through a tuned lens (Belrose et al.,
-    2023): an affine map of the residual stream there onto the last layer's, fitted by ridge regression at
-    the positions that score the choices of the other folds' questions, then the final norm and head."""
+@dataclass
+class LensBatch:
+    """One batch of questions run on vanilla's path: the residual stream entering the lens's layer and the
+    state after the last layer, with the positions that score the choices."""
+
+    questions: list[int]  # indices into the examples
+    batch: PackedBatch
+    entering: Tensor  # (B, T, D) float32
+    final: HiddenState
+
+    def scored(self, row: int) -> Tensor:
+        """The token positions (in the state's own tokens) whose next-token logits score row's choices."""
+        rows, slots = torch.nonzero(self.batch.target_choice >= 0, as_tuple=True)
+        return self.batch.predict_at[rows, slots][rows == row] - self.final.prefix_length
+
+
+def lens_batches(scorer: ExampleScorer, examples, layer: int, batch_size: int):
+    """LensBatch after LensBatch, in the scorer's order and batches (vanilla's numerics to the bit)."""
     engine = scorer.engine
     order = sorted(range(len(examples)), key=lambda i: len(scorer.prompt(examples[i]).context))
-    batches = []  # (question indices, batch, hidden entering `layer`, state after the last layer)
-    for start in range(0, len(order), batch_size):  # in the scorer's order: vanilla's numerics exactly
+    for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = PackedBatch.collate([scorer.pack(examples[i]) for i in chunk], scorer.tokenizer.pad_token_id)
         counts = engine.default_paths(len(chunk))
         entering = engine.run(batch.embed(engine, scorer.shared_prefix), counts, stop=layer)
-        batches.append((chunk, batch, entering.hidden.float(), engine.run(entering, counts)))
-    inputs, targets = {}, {}  # per question: the states at its scored positions, entering `layer` and last
-    for chunk, batch, hidden, final in batches:
-        rows, slots = torch.nonzero(batch.target_choice >= 0, as_tuple=True)
-        at = batch.predict_at[rows, slots] - final.prefix_length
-        for row, question in enumerate(chunk):
-            inputs[question], targets[question] = (
-                hidden[row, at[rows == row]],
-                final.hidden[row, at[rows == row]],
+        yield LensBatch(chunk, batch, entering.hidden.float(), engine.run(entering, counts))
+
+
+def fit_lens(batches: list[LensBatch], questions: set[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """A tuned lens (Belrose et al., 2023) fitted on `questions`: the affine map, by ridge regression at the
+    positions scoring their choices, of the residual stream entering the lens's layer onto the last layer's.
+    Returns (input mean, weight, output mean)."""
+    pairs = [
+        (lens.entering[row, lens.scored(row)], lens.final.hidden[row, lens.scored(row)])
+        for lens in batches
+        for row, question in enumerate(lens.questions)
+        if question in questions
+    ]
+    x, y = (torch.cat(side).double() for side in zip(*pairs, strict=True))
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    gram = (x - x_mean).T @ (x - x_mean) + 1e-3 * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+    return x_mean, torch.linalg.solve(gram, (x - x_mean).T @ (y - y_mean)), y_mean
+
+
+def lens_leads(scorer: ExampleScorer, examples, batches, fitted, questions: set[int] | None = None) -> dict:
+    """question -> the lead of its choice distribution read through the lens `fitted` (every question of
+    `batches`, or those in `questions`): the final norm and head applied to the mapped residual stream."""
+    x_mean, weight, y_mean = fitted
+    leads = {}
+    for lens in batches:
+        rows = [row for row, q in enumerate(lens.questions) if questions is None or q in questions]
+        if not rows:
+            continue
+        mapped = ((lens.entering.double() - x_mean) @ weight + y_mean).to(lens.final.hidden.dtype)
+        scores = choice_loglikelihoods(scorer.engine, replace(lens.final, hidden=mapped), lens.batch)
+        for row in rows:
+            example = examples[lens.questions[row]]
+            leads[lens.questions[row]] = lead(
+                decide_choice(scores[row], example, scorer.settings(example.task)).scores
             )
+    return leads
+
+
+def tuned_lens_leads(scorer: ExampleScorer, examples, layer: int, folds, batch_size: int) -> np.ndarray:
+    """Every question's lead read entering `layer` through a tuned lens fitted on the other folds."""
+    batches = list(lens_batches(scorer, examples, layer, batch_size))
     leads = np.zeros(len(examples))
     for held in folds:
-        fitted, held_out = np.setdiff1d(np.arange(len(examples)), held), set(held.tolist())
-        x = torch.cat([inputs[q] for q in fitted]).double()
-        y = torch.cat([targets[q] for q in fitted]).double()
-        x_mean, y_mean = x.mean(0), y.mean(0)
-        gram = (x - x_mean).T @ (x - x_mean) + 1e-3 * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
-        weight = torch.linalg.solve(gram, (x - x_mean).T @ (y - y_mean))
-        for chunk, batch, hidden, final in batches:
-            rows = [row for row, question in enumerate(chunk) if question in held_out]
-            if not rows:
-                continue
-            lens = ((hidden.double() - x_mean) @ weight + y_mean).to(final.hidden.dtype)
-            scores = choice_loglikelihoods(engine, replace(final, hidden=lens), batch)
-            for row in rows:
-                example = examples[chunk[row]]
-                decision = decide_choice(scores[row], example, scorer.settings(example.task))
-                leads[chunk[row]] = lead(decision.scores)
+        held_out = set(held.tolist())
+        fitted = fit_lens(batches, set(range(len(examples))) - held_out)
+        for question, value in lens_leads(scorer, examples, batches, fitted, held_out).items():
+            leads[question] = value
     return leads
 
 
