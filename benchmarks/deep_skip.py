@@ -75,11 +75,7 @@ class LensBatch:
     batch: PackedBatch
     entering: Tensor  # (B, T, D) float32
     final: HiddenState
-
-    def scored(self, row: int) -> Tensor:
-        """The token positions (in the state's own tokens) whose next-token logits score row's choices."""
-        rows, slots = torch.nonzero(self.batch.target_choice >= 0, as_tuple=True)
-        return self.batch.predict_at[rows, slots][rows == row] - self.final.prefix_length
+    scored: list[Tensor]  # per row: the positions (the state's own tokens) whose logits score its choices
 
 
 def lens_batches(scorer: ExampleScorer, examples, layer: int, batch_size: int):
@@ -91,7 +87,11 @@ def lens_batches(scorer: ExampleScorer, examples, layer: int, batch_size: int):
         batch = PackedBatch.collate([scorer.pack(examples[i]) for i in chunk], scorer.tokenizer.pad_token_id)
         counts = engine.default_paths(len(chunk))
         entering = engine.run(batch.embed(engine, scorer.shared_prefix), counts, stop=layer)
-        yield LensBatch(chunk, batch, entering.hidden.float(), engine.run(entering, counts))
+        final = engine.run(entering, counts)
+        rows, slots = torch.nonzero(batch.target_choice >= 0, as_tuple=True)
+        at = batch.predict_at[rows, slots] - final.prefix_length
+        scored = [at[rows == row] for row in range(len(chunk))]
+        yield LensBatch(chunk, batch, entering.hidden.float(), final, scored)
 
 
 def fit_lens(batches: list[LensBatch], questions: set[int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -99,7 +99,7 @@ def fit_lens(batches: list[LensBatch], questions: set[int]) -> tuple[Tensor, Ten
     positions scoring their choices, of the residual stream entering the lens's layer onto the last layer's.
     Returns (input mean, weight, output mean)."""
     pairs = [
-        (lens.entering[row, lens.scored(row)], lens.final.hidden[row, lens.scored(row)])
+        (lens.entering[row, lens.scored[row]], lens.final.hidden[row, lens.scored[row]])
         for lens in batches
         for row, question in enumerate(lens.questions)
         if question in questions
@@ -129,9 +129,14 @@ def lens_leads(scorer: ExampleScorer, examples, batches, fitted, questions: set[
     return leads
 
 
-def tuned_lens_leads(scorer: ExampleScorer, examples, layer: int, folds, batch_size: int) -> np.ndarray:
-    """Every question's lead read entering `layer` through a tuned lens fitted on the other folds."""
-    batches = list(lens_batches(scorer, examples, layer, batch_size))
+def five_folds(count: int, seed: int) -> list[np.ndarray]:
+    """The folds every cross-validated fit here holds out in turn: a seeded split of `count` questions."""
+    order = np.random.default_rng(seed).permutation(count)
+    return [np.sort(order[fold::5]) for fold in range(5)]
+
+
+def tuned_lens_leads(scorer: ExampleScorer, examples, batches: list[LensBatch], folds) -> np.ndarray:
+    """Every question's lead read through a tuned lens fitted on the other folds (`batches`: lens_batches)."""
     leads = np.zeros(len(examples))
     for held in folds:
         held_out = set(held.tolist())
@@ -227,9 +232,9 @@ def main(argv=None):
     kept, kl = skipped["agrees"].to_numpy(float), skipped["kl"].to_numpy()
     right = {"vanilla": vanilla["correct"].to_numpy(float), "deep": skipped["correct"].to_numpy(float)}
 
-    order = np.random.default_rng(args.seed).permutation(len(examples))
-    folds = [np.sort(order[fold::5]) for fold in range(5)]  # every fit holds one fold out
-    confidence["tuned lens"] = tuned_lens_leads(scorer, examples, min(candidates), folds, args.batch_size)
+    folds = five_folds(len(examples), args.seed)
+    lenses = list(lens_batches(scorer, examples, min(candidates), args.batch_size))
+    confidence["tuned lens"] = tuned_lens_leads(scorer, examples, lenses, folds)
     predicted = {  # (decision layer, policy) -> every question's out-of-fold predicted cost
         (layer, name): out_of_fold_costs(
             tensors, kl[:, None], layer, layer + 1, train, folds, args.seed, shuffle

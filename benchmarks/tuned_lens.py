@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from benchmarks.common import command_line, print_table, write_json
-from benchmarks.deep_skip import fit_lens, lens_batches, lens_leads, tuned_lens_leads
+from benchmarks.deep_skip import fit_lens, five_folds, lens_batches, lens_leads, tuned_lens_leads
 from drllm_core.comparison import compare, with_agreement
 from drllm_core.engine import PathEngine
 from drllm_core.evaluation import result_rows
@@ -69,12 +69,10 @@ def main(argv=None):
     loaded = load_model(ModelSpec.from_params(params["model"]))
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks", {}))
     layer, share = candidates[0], args.blocks / len(candidates)
-    order = np.random.default_rng(args.seed).permutation(len(search))
-    held_out = tuned_lens_leads(
-        scorer, search, layer, [np.sort(order[f::5]) for f in range(5)], args.batch_size
-    )
+    batches = list(lens_batches(scorer, search, layer, args.batch_size))
+    held_out = tuned_lens_leads(scorer, search, batches, five_folds(len(search), args.seed))
     threshold = float(np.quantile(held_out, 1 - share))
-    fitted = fit_lens(list(lens_batches(scorer, search, layer, args.batch_size)), set(range(len(search))))
+    fitted = fit_lens(batches, set(range(len(search))))  # every search question, once the threshold is set
     leads = lens_leads(scorer, test, lens_batches(scorer, test, layer, args.batch_size), fitted)
     deep = np.array([leads[i] > threshold for i in range(len(test))])
 
