@@ -45,7 +45,7 @@ from drllm_core.paths import EXECUTE, SKIP
 from drllm_core.routers import window_mean
 from drllm_core.routing import RouterConfig, read_router_config
 from drllm_core.stats import paired_comparison
-from drllm_core.tasks.answers import decide_choice
+from drllm_core.tasks.answers import Decision, decide_choice
 from drllm_core.tasks.packing import PackedBatch, choice_loglikelihoods
 from drllm_core.tasks.schema import examples_from_frame
 from drllm_core.tasks.scorer import ExampleScorer
@@ -110,23 +110,41 @@ def fit_lens(batches: list[LensBatch], questions: set[int]) -> tuple[Tensor, Ten
     return x_mean, torch.linalg.solve(gram, (x - x_mean).T @ (y - y_mean)), y_mean
 
 
-def lens_leads(scorer: ExampleScorer, examples, batches, fitted, questions: set[int] | None = None) -> dict:
-    """question -> the lead of its choice distribution read through the lens `fitted` (every question of
-    `batches`, or those in `questions`): the final norm and head applied to the mapped residual stream."""
-    x_mean, weight, y_mean = fitted
-    leads = {}
+def lens_decisions(
+    scorer: ExampleScorer, examples, batches, fitted, questions: set[int] | None = None
+) -> dict[int, Decision]:
+    """question -> its choice decision read through the lens `fitted` (every question of `batches`, or those
+    in `questions`): the final norm and head applied to the mapped residual stream. `fitted` None reads the
+    last layer's own state (vanilla's decision, to the bit); identity_lens reads the early exit."""
+    decisions = {}
     for lens in batches:
         rows = [row for row, q in enumerate(lens.questions) if questions is None or q in questions]
         if not rows:
             continue
-        mapped = ((lens.entering.double() - x_mean) @ weight + y_mean).to(lens.final.hidden.dtype)
-        scores = choice_loglikelihoods(scorer.engine, replace(lens.final, hidden=mapped), lens.batch)
+        hidden = lens.final.hidden
+        if fitted is not None:
+            x_mean, weight, y_mean = fitted
+            hidden = ((lens.entering.double() - x_mean) @ weight + y_mean).to(hidden.dtype)
+        scores = choice_loglikelihoods(scorer.engine, replace(lens.final, hidden=hidden), lens.batch)
         for row in rows:
             example = examples[lens.questions[row]]
-            leads[lens.questions[row]] = lead(
-                decide_choice(scores[row], example, scorer.settings(example.task)).scores
+            decisions[lens.questions[row]] = decide_choice(
+                scores[row], example, scorer.settings(example.task)
             )
-    return leads
+    return decisions
+
+
+def lens_leads(scorer: ExampleScorer, examples, batches, fitted, questions: set[int] | None = None) -> dict:
+    """question -> the lead of its choice distribution read through the lens `fitted` (lens_decisions)."""
+    return {
+        q: lead(d.scores) for q, d in lens_decisions(scorer, examples, batches, fitted, questions).items()
+    }
+
+
+def identity_lens(dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The lens that maps nothing: the final norm and head on the residual stream as it is (the early exit)."""
+    zero = torch.zeros(dim, dtype=torch.float64)
+    return zero, torch.eye(dim, dtype=torch.float64), zero
 
 
 def five_folds(count: int, seed: int) -> list[np.ndarray]:
@@ -135,15 +153,19 @@ def five_folds(count: int, seed: int) -> list[np.ndarray]:
     return [np.sort(order[fold::5]) for fold in range(5)]
 
 
-def tuned_lens_leads(scorer: ExampleScorer, examples, batches: list[LensBatch], folds) -> np.ndarray:
-    """Every question's lead read through a tuned lens fitted on the other folds (`batches`: lens_batches)."""
-    leads = np.zeros(len(examples))
+def out_of_fold_decisions(scorer: ExampleScorer, examples, batches: list[LensBatch], folds) -> list[Decision]:
+    """Every question's decision read through a tuned lens fitted on the other folds (`batches`: lens_batches)."""
+    decisions = {}
     for held in folds:
         held_out = set(held.tolist())
         fitted = fit_lens(batches, set(range(len(examples))) - held_out)
-        for question, value in lens_leads(scorer, examples, batches, fitted, held_out).items():
-            leads[question] = value
-    return leads
+        decisions |= lens_decisions(scorer, examples, batches, fitted, held_out)
+    return [decisions[q] for q in range(len(examples))]
+
+
+def tuned_lens_leads(scorer: ExampleScorer, examples, batches: list[LensBatch], folds) -> np.ndarray:
+    """Every question's lead read through a tuned lens fitted on the other folds (`batches`: lens_batches)."""
+    return np.array([lead(d.scores) for d in out_of_fold_decisions(scorer, examples, batches, folds)])
 
 
 def out_of_fold_costs(tensors, costs, layer, column, train, folds, seed, shuffle) -> np.ndarray:
@@ -299,7 +321,7 @@ def main(argv=None):
     print_table(title, rows)
     print_table("Router against its shuffled control: agreement with vanilla, paired", pairs)
     write_json(
-        "deep_skip" + (f"-skips-{'-'.join(map(str, candidates))}" if args.skips else ""),
+        f"deep_skip-{meta['model']}" + (f"-skips-{'-'.join(map(str, candidates))}" if args.skips else ""),
         {
             "model": meta["model"],
             "numerics": loaded.numerics,
