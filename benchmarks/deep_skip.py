@@ -14,9 +14,9 @@ the others vanilla's:
   router      the questions the fit predicts cheapest
   shuffled    the same fit on costs shuffled across questions (the pipeline's control)
   random      seeded random questions (mean over `--draws` draws, with the 2.5-97.5% range)
-  confidence  no fit: the questions whose answer is surest (the lead of the top choice's probability over
-              the runner-up's) when the model exits early, entering the deep path's first skipped layer:
-              a later state, read at the answer's own positions, at the cost of one head
+  confidence  no fit: the questions whose answer is surest (the lead of the top choice's score over the
+              runner-up's, in log probability) when the model exits early, entering the deep path's first
+              skipped layer: a later state, read at the answer's own positions, at the cost of one head
   tuned lens  the same lead read at the same layer through a tuned lens fitted on the other folds
               (tuned_lens_leads): an affine map onto the last layer's residual stream before the head
   vanilla's confidence  the same lead after the full forward: what the router would need to know
@@ -60,9 +60,10 @@ def cheapest(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 def lead(scores) -> float:
-    """How sure a choice distribution is: the top choice's probability minus the runner-up's."""
-    probabilities = np.exp(np.asarray(scores, np.float64) - np.max(scores))
-    top, runner_up = np.sort(probabilities / probabilities.sum())[[-1, -2]]
+    """How sure a choice decision is: the top choice's score minus the runner-up's, the log of the ratio of
+    their probabilities. (Their difference in probability saturates: summed over a choice's tokens, scores
+    often differ by tens of nats, and the top tenth of the questions would tie at exactly 1.)"""
+    top, runner_up = np.sort(np.asarray(scores, np.float64))[[-1, -2]]
     return float(top - runner_up)
 
 

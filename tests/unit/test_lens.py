@@ -33,6 +33,11 @@ def test_lens_batches_read_vanilla_to_the_bit():
     assert set(lensed) == {5, 6} and all(0 <= v <= 1 for v in lensed.values())
 
 
+def test_lead_is_the_log_margin_and_does_not_saturate():
+    assert lead([-60.0, -10.0, -75.0]) == 50.0 and lead([-60.0, -10.0]) > lead([-40.0, -10.0])
+    assert lead([-1.0, -1.0, -3.0]) == 0.0
+
+
 def test_fit_lens_recovers_an_affine_map_and_folds_partition_the_questions():
     generator = torch.Generator().manual_seed(0)
     weight, shift = torch.randn(8, 8, generator=generator), torch.randn(8, generator=generator)
