@@ -135,13 +135,6 @@ def lens_decisions(
     return decisions
 
 
-def lens_leads(scorer: ExampleScorer, examples, batches, fitted, questions: set[int] | None = None) -> dict:
-    """question -> the lead of its choice distribution read through the lens `fitted` (lens_decisions)."""
-    return {
-        q: lead(d.scores) for q, d in lens_decisions(scorer, examples, batches, fitted, questions).items()
-    }
-
-
 def identity_lens(dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """The lens that maps nothing: the final norm and head on the residual stream as it is (the early exit)."""
     zero = torch.zeros(dim, dtype=torch.float64)
@@ -236,15 +229,24 @@ def main(argv=None):
 
     loaded = load_model(ModelSpec.from_params(params["model"]))
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, params.get("tasks", {}))
+    folds = five_folds(len(examples), args.seed)
+    lenses = list(lens_batches(scorer, examples, min(candidates), args.batch_size))
     paths = {  # per layer: executed or skipped (vanilla: the default path)
         "vanilla": [EXECUTE] * layers,
         "deep": [SKIP if i in candidates else EXECUTE for i in range(layers)],
         "exit": [SKIP if i >= min(candidates) else EXECUTE for i in range(layers)],  # the early exit
     }
+    read = {  # vanilla and the early exit, read from the lens batches (to the bit as the scorer would)
+        "vanilla": lens_decisions(scorer, examples, lenses, None),
+        "exit": lens_decisions(scorer, examples, lenses, identity_lens(lenses[0].entering.shape[-1])),
+    }
 
     def scored(name: str, path: list[int]) -> pd.DataFrame:
         """Every question under one path, as evaluate scores a configuration."""
-        decisions = scorer.score(examples, torch.tensor([path] * len(examples)), args.batch_size)
+        if name in read:
+            decisions = [replace(read[name][q], path=tuple(path)) for q in range(len(examples))]
+        else:
+            decisions = scorer.score(examples, torch.tensor([path] * len(examples)), args.batch_size)
         return pd.DataFrame(result_rows(name, "search", examples, decisions))
 
     frame = with_agreement(pd.concat(scored(name, path) for name, path in paths.items()))  # agreement, KL
@@ -254,9 +256,6 @@ def main(argv=None):
     }
     kept, kl = skipped["agrees"].to_numpy(float), skipped["kl"].to_numpy()
     right = {"vanilla": vanilla["correct"].to_numpy(float), "deep": skipped["correct"].to_numpy(float)}
-
-    folds = five_folds(len(examples), args.seed)
-    lenses = list(lens_batches(scorer, examples, min(candidates), args.batch_size))
     confidence["tuned lens"] = tuned_lens_leads(scorer, examples, lenses, folds)
     predicted = {  # (decision layer, policy) -> every question's out-of-fold predicted cost
         (layer, name): out_of_fold_costs(

@@ -3,12 +3,20 @@ its ridge fit recovers an affine map."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from benchmarks.deep_skip import fit_lens, five_folds, lead, lens_batches, lens_leads
+from benchmarks.deep_skip import (
+    fit_lens,
+    five_folds,
+    identity_lens,
+    lead,
+    lens_batches,
+    lens_decisions,
+)
 from drllm_core.engine import PathEngine
 from drllm_core.tasks.schema import Example
 from drllm_core.tasks.scorer import ExampleScorer
@@ -20,17 +28,18 @@ EXAMPLES = [
 ]
 
 
-def test_lens_batches_read_vanilla_to_the_bit():
+def test_lens_batches_read_vanilla_and_the_early_exit_to_the_bit():
     loaded = tiny_loaded()
     scorer = ExampleScorer(PathEngine(loaded.model), loaded.tokenizer, {})
     batches = list(lens_batches(scorer, EXAMPLES, layer=2, batch_size=3))
     assert sorted(q for lens in batches for q in lens.questions) == list(range(len(EXAMPLES)))
-    own = lens_leads(scorer, EXAMPLES, batches, None)
-    decisions = scorer.score(EXAMPLES, torch.ones(len(EXAMPLES), 6, dtype=torch.long), 3)
-    assert [own[i] for i in range(len(EXAMPLES))] == [lead(d.scores) for d in decisions]
+    for lens, path in ((None, [1] * 6), (identity_lens(64), [1, 1, 0, 0, 0, 0])):
+        read = lens_decisions(scorer, EXAMPLES, batches, lens)
+        decisions = scorer.score(EXAMPLES, torch.tensor([path] * len(EXAMPLES)), 3)
+        assert [replace(read[i], path=d.path) for i, d in enumerate(decisions)] == decisions
     fitted = fit_lens(batches, {0, 1, 2, 3, 4})
-    lensed = lens_leads(scorer, EXAMPLES, batches, fitted, questions={5, 6})
-    assert set(lensed) == {5, 6} and all(0 <= v <= 1 for v in lensed.values())
+    lensed = lens_decisions(scorer, EXAMPLES, batches, fitted, questions={5, 6})
+    assert set(lensed) == {5, 6} and all(lead(d.scores) >= 0 for d in lensed.values())
 
 
 def test_lead_is_the_log_margin_and_does_not_saturate():
