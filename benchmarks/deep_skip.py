@@ -60,9 +60,10 @@ def cheapest(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 def lead(scores) -> float:
-    """How sure a choice decision is: the top choice's score minus the runner-up's, the log of the ratio of
-    their probabilities. (Their difference in probability saturates: summed over a choice's tokens, scores
-    often differ by tens of nats, and the top tenth of the questions would tie at exactly 1.)"""
+    """How sure a choice decision is, from a stored row's per-choice scores (a Decision carries it as `lead`):
+    the top choice's score minus the runner-up's, the log of the ratio of their probabilities. (Their
+    difference in probability saturates: summed over a choice's tokens, scores often differ by tens of nats,
+    and the top tenth of the questions would tie at exactly 1.)"""
     top, runner_up = np.sort(np.asarray(scores, np.float64))[[-1, -2]]
     return float(top - runner_up)
 
@@ -159,7 +160,7 @@ def out_of_fold_decisions(scorer: ExampleScorer, examples, batches: list[LensBat
 
 def tuned_lens_leads(scorer: ExampleScorer, examples, batches: list[LensBatch], folds) -> np.ndarray:
     """Every question's lead read through a tuned lens fitted on the other folds (`batches`: lens_batches)."""
-    return np.array([lead(d.scores) for d in out_of_fold_decisions(scorer, examples, batches, folds)])
+    return np.array([d.lead for d in out_of_fold_decisions(scorer, examples, batches, folds)])
 
 
 def out_of_fold_costs(tensors, costs, layer, column, train, folds, seed, shuffle) -> np.ndarray:

@@ -98,14 +98,14 @@ def search_choices(scorer, search, candidates, num_layers, budgets, exit_layers,
                     ("deep_tuned_lens", held_out, "lens", fitted),
                     ("deep_vanilla_confidence", vanilla, "vanilla", None),
                 ):
-                    leads = np.array([lead(d.scores) for d in decisions])
+                    leads = np.array([d.lead for d in decisions])
                     threshold, _ = spend(leads, budget / len(candidates))
                     choices.append(Choice(policy, budget, layer, reader, lens, threshold, "deep", math.nan))
             share = budget / (num_layers - layer)
             if layer not in exit_layers or share >= 1:
                 continue
             for policy, (decisions, reader, lens) in reads.items():
-                threshold, sent = spend(np.array([lead(d.scores) for d in decisions]), share)
+                threshold, sent = spend(np.array([d.lead for d in decisions]), share)
                 changed = [d.prediction != v.prediction for d, v in zip(decisions, vanilla, strict=True)]
                 kept = 1 - float(np.mean(sent & np.array(changed)))
                 best = exits.get((policy, budget))
@@ -187,7 +187,7 @@ def main(argv=None):
                 leads = np.array([lead(vanilla.at[e.example_id, "scores"]) for e in test])
             else:
                 read = reads[choice.layer, choice.reader]
-                leads = np.array([lead(read[q].scores) for q in range(len(test))])
+                leads = np.array([read[q].lead for q in range(len(test))])
             sent.append(leads > choice.threshold)
         to_deep = np.any([m for c, m in zip(choices, sent, strict=True) if c.takes == "deep"], axis=0)
         deep = [e for e, d in zip(test, to_deep, strict=True) if d]

@@ -39,7 +39,7 @@ def test_lens_batches_read_vanilla_and_the_early_exit_to_the_bit():
         assert [replace(read[i], path=d.path) for i, d in enumerate(decisions)] == decisions
     fitted = fit_lens(batches, {0, 1, 2, 3, 4})
     lensed = lens_decisions(scorer, EXAMPLES, batches, fitted, questions={5, 6})
-    assert set(lensed) == {5, 6} and all(lead(d.scores) >= 0 for d in lensed.values())
+    assert set(lensed) == {5, 6} and all(d.lead == lead(d.scores) >= 0 for d in lensed.values())
 
 
 def test_lead_is_the_log_margin_and_does_not_saturate():
