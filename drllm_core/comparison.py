@@ -88,10 +88,16 @@ def compare(results: pd.DataFrame, config: str, reference: str, set_name: str) -
     }
 
 
-def comparisons(results: pd.DataFrame, references: Sequence[str], set_names: Sequence[str]) -> list[dict]:
-    """Every configuration against vanilla, and Dr.LLM against each of `references`, on each set both
-    answered."""
+def comparisons(
+    results: pd.DataFrame,
+    references: Sequence[str],
+    set_names: Sequence[str],
+    challengers: Sequence[str] = ("drllm",),
+) -> list[dict]:
+    """Every configuration against vanilla, and each of `challengers` against each of `references` (but
+    itself), on each set both answered."""
     configs = list(dict.fromkeys(results["config"]))
-    pairs = [(c, "vanilla") for c in configs if c != "vanilla"] + [("drllm", r) for r in references]
+    pairs = [(c, "vanilla") for c in configs if c != "vanilla"]
+    pairs += [(c, r) for c in challengers if c in configs for r in references if r != c]
     found = (compare(results, a, b, s) for a, b in pairs for s in set_names)
     return [c for c in found if c is not None]

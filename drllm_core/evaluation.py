@@ -1,8 +1,8 @@
 """The evaluation runner: configurations scored on the same questions, checkpointed; and the evaluate stage's
 work on it: Dr.LLM against vanilla and the static baselines, and the documents it writes.
 
-A configuration is the vanilla model, a router set at a knob, one fixed path for every question, or random
-paths saving per question what another configuration saves. Every (configuration, question) result is
+A configuration is the vanilla model, a router set at a knob, one fixed path for every question, the early
+exit (drllm_core.early_exit), or random paths saving per question what another configuration saves. Every (configuration, question) result is
 checkpointed, so a long evaluation resumes; the checkpoint is named by everything the results depend on.
 drllm_core.comparison summarises and compares the results; drllm_core.generation_check measures routing on
 generation.
@@ -33,6 +33,7 @@ from drllm_core.baselines import (
 )
 from drllm_core.checkpoint import Checkpoint, checkpoint_path, content_key
 from drllm_core.comparison import comparisons, summarize
+from drllm_core.early_exit import EarlyExit, choose_exit, exit_decisions, exit_layers
 from drllm_core.errors import ConfigError, DrllmError, config_from, listed, typed
 from drllm_core.inference import RoutedModel
 from drllm_core.models import LoadedModel, weights_fingerprint
@@ -61,6 +62,7 @@ class Configuration:
     like: Configuration | None = None  # random skips: per question, as many as this configuration's path
     constraints: PathConstraints | None = None  # random skips: the limits their paths keep to
     seed: int = 0
+    early_exit: EarlyExit | None = None
 
     @classmethod
     def routed(cls, name: str, sets: list[str], folder: str, knob: float) -> Configuration:
@@ -70,6 +72,11 @@ class Configuration:
     @classmethod
     def static(cls, name: str, sets: list[str], path: LayerPath) -> Configuration:
         return cls(name, sets, {"static": str(path)}, path=path)
+
+    @classmethod
+    def exiting(cls, name: str, sets: list[str], early_exit: EarlyExit) -> Configuration:
+        identity = {"early_exit": early_exit.layer, "threshold": early_exit.threshold}
+        return cls(name, sets, identity, early_exit=early_exit)
 
     @classmethod
     def random_like(
@@ -122,8 +129,8 @@ class EvaluationRunner:
 
     def run_many(self, configs: Sequence[Configuration]) -> dict[str, list[dict]]:
         """Every configuration's result rows on its sets, each (configuration, question) checkpointed.
-        Configurations whose paths are known before the forward (fixed paths, and cost routers, which
-        decide every skip from the state entering their decision layer) are scored together, batch by
+        Configurations whose paths are known before the forward (fixed paths, cost routers, which decide
+        every skip from the state entering their decision layer, and the early exit, which reads its layer) are scored together, batch by
         batch: the vanilla model's hidden states are computed once and each path resumes from them at its
         first skipped layer, exact up to the rounding of other batch shapes."""
         rows: dict[str, list[dict]] = {c.name: [] for c in configs}
@@ -239,7 +246,7 @@ class EvaluationRunner:
                 ]
                 counts[c.name] = self._random_counts(c, [e.example_id for e in batch], blocks)
             else:
-                counts[c.name] = self._known_counts(c, packed, entering)
+                counts[c.name] = self._known_counts(c, batch, packed, entering)
         plans = {c.name: (wanted[c.name], counts[c.name][wanted[c.name]]) for c in configs if wanted[c.name]}
         distinct = list(  # (row, path) of every path that skips or repeats, once
             dict.fromkeys(
@@ -273,9 +280,13 @@ class EvaluationRunner:
             results[name] = decisions
         return results
 
-    def _known_counts(self, config, packed, entering) -> Tensor:
-        """(B, L) counts of a fixed path or a cost router's, decided on the vanilla states as a routed
-        forward would (every layer before its decision executes)."""
+    def _known_counts(self, config, batch, packed, entering) -> Tensor:
+        """(B, L) counts of a fixed path, the early exit's or a cost router's, decided on the vanilla states
+        as a routed forward would (every layer before its decision executes)."""
+        layers = len(entering)
+        if config.early_exit:
+            read = exit_decisions(self.scorer, entering[config.early_exit.layer], packed, batch)
+            return config.early_exit.counts([d.lead for d in read], layers)
         if not config.routers:
             return torch.tensor([config.path.counts] * len(entering[0].hidden))
         decide = self.routed(config.routers, config.knob).decider(packed.prompt_mask())
@@ -292,8 +303,9 @@ class EvaluationRunner:
         if config.like:
             blocks = [like_done[e.example_id]["blocks"] for e in examples]
             counts = self._random_counts(config, [e.example_id for e in examples], blocks)
-        else:
-            counts = torch.tensor([config.path.counts] * len(examples))
+        else:  # a generated answer is not read early: the early exit runs it in full
+            path = LayerPath.default(self.loaded.num_layers) if config.path is None else config.path
+            counts = torch.tensor([path.counts] * len(examples))
         return self.scorer.score(examples, counts, self.batch_size)
 
     def _random_counts(
@@ -361,6 +373,8 @@ class EvaluateSettings:
     static_budgets: tuple[int, ...] = (1, 2, 3)  # skipped layers of the static baselines
     static_examples: int | None = None  # labelled search questions choosing the static baselines (None: all)
     static_shortlist: int = 5  # after the first skip, the greedy static paths try the layers best alone
+    exit_depths: tuple[float, ...] = (0.3, 0.5, 0.67, 0.8, 0.9)  # where the early exit may read
+    exit_blocks_saved: float = 1.05  # what the early exit saves per token on the search questions
     seed: int = 0
     generation_questions: int = 40  # in-domain questions asked open: routed generation against vanilla's
     generation_tokens: int = 48
@@ -382,11 +396,26 @@ class EvaluateSettings:
             raise ConfigError(
                 f"evaluate.static_budgets must be numbers of skipped layers, at least 1, got {list(budgets)}"
             )
-        values |= {"knob_sweep": sweep, "other_routers": other, "static_budgets": tuple(sorted(set(budgets)))}
+        depths = tuple(
+            typed(d, float, "evaluate.exit_depths")
+            for d in listed(values.pop("exit_depths", list(cls.exit_depths)), "evaluate.exit_depths")
+        )
+        if not depths or not all(0 < d < 1 for d in depths):
+            raise ConfigError(
+                f"evaluate.exit_depths must be shares of the model's depth in (0, 1), got {list(depths)}"
+            )
+        values |= {
+            "knob_sweep": sweep,
+            "other_routers": other,
+            "static_budgets": tuple(sorted(set(budgets))),
+            "exit_depths": depths,
+        }
         settings = config_from(cls, "evaluate", values)
         for name in ("static_examples", "static_shortlist", "generation_questions", "generation_tokens"):
             if getattr(settings, name) is not None and getattr(settings, name) < 1:
                 raise ConfigError(f"evaluate.{name} must be at least 1, got {getattr(settings, name)}")
+        if not settings.exit_blocks_saved > 0:
+            raise ConfigError(f"evaluate.exit_blocks_saved must be above 0, got {settings.exit_blocks_saved}")
         return settings
 
 
@@ -453,9 +482,11 @@ def evaluate_routers(
     chosen on the `labelled` search questions the routers learned from (`static_examples` of them; `known`:
     their search's scored paths, which cost nothing again): the
     greedy best static path (most answers right), the faithful static path (most vanilla answers kept) and
-    ShortGPT's Block Influence pruning; then random skips at Dr.LLM's own per-question budget, and Dr.LLM's
+    ShortGPT's Block Influence pruning; the early exit, chosen on the same questions to save
+    `exit_blocks_saved`; then random skips at Dr.LLM's own per-question budget, and Dr.LLM's
     deepest path on random questions at its total budget (random_deepest_rows). All on the
-    same questions; Dr.LLM is compared with each baseline at the budget nearest its own blocks saved."""
+    same questions; Dr.LLM and the early exit are compared with each baseline at the budget nearest
+    Dr.LLM's own blocks saved."""
     layers = runner.loaded.num_layers
     all_sets, in_domain = list(runner.sets), ["eval_id"]
     knob = RouterSet.read_routing(routers).knob
@@ -465,6 +496,13 @@ def evaluate_routers(
         runner.scorer, chosen, settings.static_budgets, constraints, settings.static_shortlist, known
     )
     static["shortgpt_bi"] = {b: lowest_influence_path(influence, b) for b in settings.static_budgets}
+    early_exit, exit_trace = choose_exit(
+        runner.scorer,
+        chosen,
+        exit_layers(settings.exit_depths, layers),
+        settings.exit_blocks_saved,
+        runner.batch_size,
+    )
     first = min(settings.static_budgets)
     routed = [
         Configuration.routed("drllm", all_sets, routers, knob),
@@ -490,6 +528,7 @@ def evaluate_routers(
             for name, paths in static.items()
             for budget, path in paths.items()
         ),
+        Configuration.exiting("early_exit", all_sets, early_exit),
         Configuration.random_like("random_skip", in_domain, routed[0], constraints, settings.seed),
     ]
     results = pd.DataFrame([row for rows in runner.run_many(configs).values() for row in rows])
@@ -509,11 +548,12 @@ def evaluate_routers(
         "static_paths": chosen_paths,
         "static_trace": trace,
         "block_influence": influence,
+        "early_exit": {"layer": early_exit.layer, "threshold": early_exit.threshold, "trace": exit_trace},
     }
     return Evaluation(
         results,
         summarize(results, layers),
-        comparisons(results, references, all_sets),
+        comparisons(results, [*references, "drllm"], all_sets, challengers=("drllm", "early_exit")),
         knob,
         details,
         {config.name: config.routers for config in routed},
@@ -573,23 +613,28 @@ def headline(document: dict) -> dict:
         return None if value is None else 100 * value
 
     for set_name, short in (("eval_id", "id"), ("eval_ood", "ood")):
-        for config in ("vanilla", "drllm"):
+        for config in ("vanilla", "drllm", "early_exit"):
             figures = configs.get(f"{config}/{set_name}", {})
             flat[f"{config}_{short}_acc"] = points(figures.get("accuracy"))
-        blocks = configs.get(f"drllm/{set_name}", {}).get("blocks_per_token")
-        flat[f"drllm_{short}_blocks_saved"] = None if blocks is None else document["num_layers"] - blocks
-        for reference, name in (("vanilla", "vanilla"), (static, "static")):
-            found = next(
-                (
-                    c
-                    for c in document["comparisons"]
-                    if c["config"] == "drllm" and c["reference"] == reference and c["set"] == set_name
-                ),
-                {},
+        for config in ("drllm", "early_exit"):
+            blocks = configs.get(f"{config}/{set_name}", {}).get("blocks_per_token")
+            flat[f"{config}_{short}_blocks_saved"] = (
+                None if blocks is None else document["num_layers"] - blocks
             )
-            for key in ("difference", "ci_low", "ci_high"):
-                flat[f"drllm_{short}_vs_{name}_{key.replace('difference', 'diff')}"] = points(found.get(key))
-            flat[f"drllm_{short}_vs_{name}_p"] = found.get("mcnemar_p")
+            for reference, name in (("vanilla", "vanilla"), (static, "static")):
+                found = next(
+                    (
+                        c
+                        for c in document["comparisons"]
+                        if c["config"] == config and c["reference"] == reference and c["set"] == set_name
+                    ),
+                    {},
+                )
+                for key in ("difference", "ci_low", "ci_high"):
+                    flat[f"{config}_{short}_vs_{name}_{key.replace('difference', 'diff')}"] = points(
+                        found.get(key)
+                    )
+                flat[f"{config}_{short}_vs_{name}_p"] = found.get("mcnemar_p")
     return flat
 
 

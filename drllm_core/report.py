@@ -259,23 +259,25 @@ def report_sections(
 
 
 def headline(evaluation: dict) -> str:
-    drllm = next(
-        (
-            c
-            for c in evaluation["comparisons"]
-            if c["config"] == "drllm" and c["reference"] == "vanilla" and c["set"] == "eval_id"
-        ),
-        None,
-    )
+    versus = comparisons_by_key(evaluation)
+    drllm = versus.get(("drllm", "vanilla", "eval_id"))
     if drllm is None:
         return "Dr.LLM was not evaluated."
-    return (
+    text = (
         f"In-domain, Dr.LLM scores {drllm['difference'] * 100:+.1f} points against the vanilla model "
         f"(paired 95% interval {drllm['ci_low'] * 100:+.1f} to {drllm['ci_high'] * 100:+.1f}, McNemar p = "
         f"{drllm['mcnemar_p']:.3f}) while executing {evaluation['configs']['drllm/eval_id']['blocks_per_token']:.2f} "
         f"of {evaluation['num_layers']} blocks per token (knob {evaluation.get('knob', 0.0):+g}); "
-        f"computed in {computed_in(evaluation)}."
     )
+    exited = versus.get(("early_exit", "vanilla", "eval_id"))
+    if exited is not None:
+        text += (
+            f"the early exit after layer {evaluation['early_exit']['layer']} scores "
+            f"{exited['difference'] * 100:+.1f} ({exited['ci_low'] * 100:+.1f} to {exited['ci_high'] * 100:+.1f}, "
+            f"p = {exited['mcnemar_p']:.3f}) executing "
+            f"{evaluation['configs']['early_exit/eval_id']['blocks_per_token']:.2f}; "
+        )
+    return text + f"computed in {computed_in(evaluation)}."
 
 
 def computed_in(evaluation: dict) -> str:
@@ -296,6 +298,7 @@ def verdict(comparison: dict) -> str:
 SUMMARY_CONFIGS = (
     "vanilla",
     "drllm",
+    "early_exit",
     "best_static",
     "faithful_static",
     "shortgpt_bi",
@@ -321,7 +324,8 @@ def interval(low: float, high: float) -> str:
 
 def summary_markdown(evaluation: dict) -> str:
     """reports/summary.md, which the README includes: the headline configurations in percent (the static
-    baselines at the budget Dr.LLM is compared at), and Dr.LLM against each on the same questions."""
+    baselines at the budget Dr.LLM is compared at), and Dr.LLM and the early exit against each on the same
+    questions."""
     wanted = [at_budget(c, evaluation["static_budget"]) for c in SUMMARY_CONFIGS]
     versus = comparisons_by_key(evaluation)
     lines = [
@@ -346,15 +350,15 @@ def summary_markdown(evaluation: dict) -> str:
         )
     lines += [
         "",
-        "| Dr.LLM versus | set | accuracy, points [paired 95% CI] | McNemar p | verdict "
+        "| configuration | versus | set | accuracy, points [paired 95% CI] | McNemar p | verdict "
         "| agreement with vanilla, points [paired 95% CI] | McNemar p |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in evaluation["comparisons"]:
-        if c["config"] != "drllm" or c["reference"] == "vanilla":
+        if c["config"] not in ("drllm", "early_exit") or c["reference"] == "vanilla":
             continue
         lines.append(
-            f"| {c['reference']} | {c['set']} | {100 * c['difference']:+.1f} {interval(c['ci_low'], c['ci_high'])} "
+            f"| {c['config']} | {c['reference']} | {c['set']} | {100 * c['difference']:+.1f} {interval(c['ci_low'], c['ci_high'])} "
             f"| {c['mcnemar_p']:.3f} | {verdict(c)} | {100 * c['agreement_difference']:+.1f} "
             f"{interval(c['agreement_ci_low'], c['agreement_ci_high'])} | {c['agreement_mcnemar_p']:.3f} |"
         )
