@@ -354,8 +354,14 @@ def summary_markdown(evaluation: dict) -> str:
         "| agreement with vanilla, points [paired 95% CI] | McNemar p |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    shown = {  # the early exit against the best static path, random_deepest and Dr.LLM (the report: all)
+        "drllm": lambda reference: reference != "vanilla",
+        "early_exit": lambda reference: (
+            reference in (at_budget("best_static", evaluation["static_budget"]), "random_deepest", "drllm")
+        ),
+    }
     for c in evaluation["comparisons"]:
-        if c["config"] not in ("drllm", "early_exit") or c["reference"] == "vanilla":
+        if c["config"] not in shown or not shown[c["config"]](c["reference"]):
             continue
         lines.append(
             f"| {c['config']} | {c['reference']} | {c['set']} | {100 * c['difference']:+.1f} {interval(c['ci_low'], c['ci_high'])} "

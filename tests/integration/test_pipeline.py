@@ -130,7 +130,11 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "random_deepest/eval_id",
         "routers_shuffled/eval_id",
         "drllm_knob_-0.5/eval_id",
+        "early_exit/eval_id",
+        "early_exit/eval_ood",
     } <= set(evaluation["configs"])
+    chosen = evaluation["early_exit"]  # chosen on the search questions, among the layers it records
+    assert chosen["layer"] in [row["layer"] for row in chosen["trace"]]
     assert evaluation["numerics"]["dtype"] in {"float32", "bfloat16"}  # dtype auto on a CPU: what it chose
     assert evaluation["numerics"]["device"] == "cpu"
     headline = json.loads((work / "metrics/headline.json").read_text())

@@ -496,6 +496,7 @@ def test_headline_is_flat_points_and_none_where_not_measured():
     assert flat["drllm_id_vs_static_ci_high"] == pytest.approx(5.0)
     assert flat["drllm_id_vs_static_p"] == 0.2
     assert flat["drllm_ood_acc"] is None and flat["drllm_ood_vs_static_p"] is None
+    assert flat["early_exit_id_acc"] is None and flat["early_exit_id_vs_static_diff"] is None
 
 
 def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_paired_figures():
@@ -548,7 +549,14 @@ def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_pair
             },
         ],
     }
+    exit_versus = {**document["comparisons"][1], "config": "early_exit"}
+    document["comparisons"] += [
+        {**exit_versus, "reference": reference, "difference": 0.02}
+        for reference in ("best_static_2", "faithful_static_2", "drllm")
+    ]
     summary = summary_markdown(document)
+    assert "| early_exit | best_static_2 | eval_id | +2.0 " in summary
+    assert "| early_exit | drllm | eval_id | +2.0 " in summary and "faithful_static_2" not in summary
     assert "computed in a dtype the run did not record" in summary  # metrics written before it was recorded
     document["numerics"] = tiny_loaded().numerics
     summary = summary_markdown(document)
