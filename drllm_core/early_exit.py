@@ -6,7 +6,7 @@ Entering layer m, the final norm and the head on the residual stream at the posi
 choices give the exit's answer and how sure it is (Decision.lead: the log ratio of the top choice's
 probability to the runner-up's). Skipping every layer from m is a path (a skipped layer is the identity), so
 the exit is scored, costed and compared as any path is. Only choice questions exit: a generated answer is not
-read early and runs in full. Why this policy, and what it measured: docs/experiments.md, rounds 8 and 9.
+read early and runs in full (nor is a letter-scored reply, which the model generates). Why this policy, and what it measured: docs/experiments.md, rounds 8 and 9.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def choose_exit(
     `blocks_saved` blocks per token there: at each of `layers`, the threshold on the exit's lead that sends
     that share of the questions, the surest first. One vanilla forward reads every layer. Returns the exit
     and, per layer, what it did on the questions (the metrics record how it was chosen)."""
-    examples = [e for e in examples if e.choices]  # a generated answer never exits
+    examples = [e for e in examples if scorer.scorer_kind(e) == "loglikelihood"]  # the runner's test
     num_layers = scorer.engine.num_layers
     feasible = [m for m in sorted(set(layers)) if blocks_saved < num_layers - m]
     if not examples or not feasible:
@@ -85,7 +85,7 @@ def choose_exit(
     reads, vanilla = _reads(scorer, examples, feasible, batch_size)
     table = []
     for layer in feasible:
-        leads = np.array([d.lead for d in reads[layer]])
+        leads = np.nan_to_num([d.lead for d in reads[layer]], nan=-np.inf)  # no lead: never sent
         threshold = float(np.quantile(leads, 1 - blocks_saved / (num_layers - layer)))
         sent = leads > threshold
         changed = np.array([d.prediction != v.prediction for d, v in zip(reads[layer], vanilla, strict=True)])

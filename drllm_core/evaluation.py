@@ -1,8 +1,9 @@
 """The evaluation runner: configurations scored on the same questions, checkpointed; and the evaluate stage's
 work on it: Dr.LLM against vanilla and the static baselines, and the documents it writes.
 
-A configuration is the vanilla model, a router set at a knob, one fixed path for every question, the early
-exit (drllm_core.early_exit), or random paths saving per question what another configuration saves. Every (configuration, question) result is
+A configuration is the vanilla model, a router set at a knob, one fixed path for every question, the
+early exit (drllm_core.early_exit), or random paths saving per question what another configuration
+saves. Every (configuration, question) result is
 checkpointed, so a long evaluation resumes; the checkpoint is named by everything the results depend on.
 drllm_core.comparison summarises and compares the results; drllm_core.generation_check measures routing on
 generation.
@@ -130,7 +131,8 @@ class EvaluationRunner:
     def run_many(self, configs: Sequence[Configuration]) -> dict[str, list[dict]]:
         """Every configuration's result rows on its sets, each (configuration, question) checkpointed.
         Configurations whose paths are known before the forward (fixed paths, cost routers, which decide
-        every skip from the state entering their decision layer, and the early exit, which reads its layer) are scored together, batch by
+        every skip from the state entering their decision layer, and the early exit, which reads its
+        layer) are scored together, batch by
         batch: the vanilla model's hidden states are computed once and each path resumes from them at its
         first skipped layer, exact up to the rounding of other batch shapes."""
         rows: dict[str, list[dict]] = {c.name: [] for c in configs}

@@ -272,7 +272,7 @@ def headline(evaluation: dict) -> str:
     exited = versus.get(("early_exit", "vanilla", "eval_id"))
     if exited is not None:
         text += (
-            f"the early exit after layer {evaluation['early_exit']['layer']} scores "
+            f"the early exit after {evaluation['early_exit']['layer']} layers scores "
             f"{exited['difference'] * 100:+.1f} ({exited['ci_low'] * 100:+.1f} to {exited['ci_high'] * 100:+.1f}, "
             f"p = {exited['mcnemar_p']:.3f}) executing "
             f"{evaluation['configs']['early_exit/eval_id']['blocks_per_token']:.2f}; "

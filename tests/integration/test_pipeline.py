@@ -133,8 +133,9 @@ def test_every_stage_ran_and_wrote_its_outputs(pipeline):
         "early_exit/eval_id",
         "early_exit/eval_ood",
     } <= set(evaluation["configs"])
-    chosen = evaluation["early_exit"]  # chosen on the search questions, among the layers it records
-    assert chosen["layer"] in [row["layer"] for row in chosen["trace"]]
+    chosen = evaluation["early_exit"]  # on the search questions: the layer keeping most of vanilla's answers
+    best = max(chosen["trace"], key=lambda row: row["agreement"])
+    assert (chosen["layer"], chosen["threshold"]) == (best["layer"], best["threshold"]) and best["exits"] > 0
     assert evaluation["numerics"]["dtype"] in {"float32", "bfloat16"}  # dtype auto on a CPU: what it chose
     assert evaluation["numerics"]["device"] == "cpu"
     headline = json.loads((work / "metrics/headline.json").read_text())

@@ -74,7 +74,8 @@ def test_the_runner_scores_the_exit_on_the_questions_it_sends_and_vanilla_elsewh
     scorer = _scorer(tasks)
     problem = get_task("gsm8k").convert({"question": "2+2?", "answer": "2+2=4\n#### 4", "_row": 0}).check()
     reads = scorer.score(EXAMPLES, torch.tensor([[1, 1, 1, 0, 0, 0]] * len(EXAMPLES)), 4)
-    threshold = sorted(d.lead for d in reads)[len(EXAMPLES) // 2]
+    middle = sorted(d.lead for d in reads)[len(EXAMPLES) // 2 - 1 : len(EXAMPLES) // 2 + 1]
+    threshold = sum(middle) / 2  # between two questions' leads: none on the edge
     early_exit = EarlyExit(3, threshold)
     runner = EvaluationRunner(
         tiny_loaded(), scorer, {"eval_id": [*EXAMPLES, problem]}, {"eval_id": "h"}, tmp_path, "c", 4

@@ -557,6 +557,14 @@ def test_the_summary_shows_the_headline_configs_at_the_compared_budget_with_pair
     summary = summary_markdown(document)
     assert "| early_exit | best_static_2 | eval_id | +2.0 " in summary
     assert "| early_exit | drllm | eval_id | +2.0 " in summary and "faithful_static_2" not in summary
+    assert "early exit" not in summary.splitlines()[0]  # not compared with vanilla: no sentence
+    document["comparisons"].append({**exit_versus, "reference": "vanilla", "difference": -0.004})
+    document["configs"]["early_exit/eval_id"] = {**figures, "blocks_per_token": 28.66}
+    document["early_exit"] = {"layer": 9}
+    assert (
+        "the early exit after 9 layers scores -0.4 (-30.0 to +10.0, p = 0.500) executing 28.66;"
+        in (summary_markdown(document).splitlines()[0])
+    )
     assert "computed in a dtype the run did not record" in summary  # metrics written before it was recorded
     document["numerics"] = tiny_loaded().numerics
     summary = summary_markdown(document)
