@@ -1,12 +1,13 @@
-"""The early exit: on the questions whose answer, read partway through the model, is surest, every layer from m
-on is skipped; the others run in full. A routing policy with nothing trained, chosen on the labelled search
-questions (never a test set) and scored by evaluate beside Dr.LLM.
+"""The early exit: on the questions whose answer, read partway through the model, is surest, every layer
+from m on is skipped; the others run in full. A routing policy with nothing trained, chosen on the labelled
+search questions (never a test set) and scored by evaluate beside Dr.LLM.
 
-Entering layer m, the final norm and the head on the residual stream at the positions that score a question's
-choices give the exit's answer and how sure it is (Decision.lead: the log ratio of the top choice's
-probability to the runner-up's). Skipping every layer from m is a path (a skipped layer is the identity), so
-the exit is scored, costed and compared as any path is. Only choice questions exit: a generated answer is not
-read early and runs in full (nor is a letter-scored reply, which the model generates). Why this policy, and what it measured: docs/experiments.md, rounds 8 and 9.
+Entering layer m, the final norm and the head on the residual stream at the positions that score a
+question's choices give the exit's answer and how sure it is (Decision.lead: the log ratio of the top
+choice's probability to the runner-up's). Skipping every layer from m is a path (a skipped layer is the
+identity), so the exit is scored, costed and compared as any path is. Only questions scored by
+log-likelihood exit: a generated answer (or a letter-scored reply, also generated) runs in full. Why this
+policy, and what it measured: docs/experiments.md, rounds 8 and 9.
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ class EarlyExit:
     layer: int
     threshold: float
 
-    def path(self, num_layers: int) -> LayerPath:
-        return LayerPath(tuple(EXECUTE if i < self.layer else SKIP for i in range(num_layers)))
-
     def counts(self, leads: Sequence[float], num_layers: int) -> Tensor:
         """(B, L) counts: the exit's path where a lead is above the threshold (never a NaN), vanilla's
         elsewhere."""
-        exit_path, vanilla = self.path(num_layers).counts, LayerPath.default(num_layers).counts
-        return torch.tensor([exit_path if lead > self.threshold else vanilla for lead in leads])
+        exit_counts = exit_path(self.layer, num_layers).counts
+        vanilla = LayerPath.default(num_layers).counts
+        return torch.tensor([exit_counts if lead > self.threshold else vanilla for lead in leads])
+
+
+def exit_path(layer: int, num_layers: int) -> LayerPath:
+    """Layers 0 .. layer-1 run, every later one is skipped."""
+    return LayerPath(tuple(EXECUTE if i < layer else SKIP for i in range(num_layers)))
 
 
 def exit_layers(depths: Sequence[float], num_layers: int) -> list[int]:
@@ -56,8 +60,8 @@ def exit_decisions(
     """Each question's decision read from `state` (the residual stream entering some layer of the packed
     batch's vanilla forward): its exit path's, the final norm and the head at the choices' positions."""
     engine = scorer.engine
-    exit_path = EarlyExit(state.layer, 0.0).path(engine.num_layers)
-    exited = engine.run(state, torch.tensor([exit_path.counts] * state.batch_size))
+    counts = exit_path(state.layer, engine.num_layers).counts
+    exited = engine.run(state, torch.tensor([counts] * state.batch_size))  # skips only: now after the last
     scores = choice_loglikelihoods(engine, exited, packed)
     return [decide_choice(s, e, scorer.settings(e.task)) for s, e in zip(scores, examples, strict=True)]
 

@@ -285,10 +285,9 @@ class EvaluationRunner:
     def _known_counts(self, config, batch, packed, entering) -> Tensor:
         """(B, L) counts of a fixed path, the early exit's or a cost router's, decided on the vanilla states
         as a routed forward would (every layer before its decision executes)."""
-        layers = len(entering)
         if config.early_exit:
             read = exit_decisions(self.scorer, entering[config.early_exit.layer], packed, batch)
-            return config.early_exit.counts([d.lead for d in read], layers)
+            return config.early_exit.counts([d.lead for d in read], len(entering))
         if not config.routers:
             return torch.tensor([config.path.counts] * len(entering[0].hidden))
         decide = self.routed(config.routers, config.knob).decider(packed.prompt_mask())

@@ -354,14 +354,12 @@ def summary_markdown(evaluation: dict) -> str:
         "| agreement with vanilla, points [paired 95% CI] | McNemar p |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    shown = {  # the early exit against the best static path, random_deepest and Dr.LLM (the report: all)
-        "drllm": lambda reference: reference != "vanilla",
-        "early_exit": lambda reference: (
-            reference in (at_budget("best_static", evaluation["static_budget"]), "random_deepest", "drllm")
-        ),
-    }
+    # the early exit against the best static path, random_deepest and Dr.LLM only (the report has the rest)
+    exit_references = (at_budget("best_static", evaluation["static_budget"]), "random_deepest", "drllm")
     for c in evaluation["comparisons"]:
-        if c["config"] not in shown or not shown[c["config"]](c["reference"]):
+        if c["config"] not in ("drllm", "early_exit") or c["reference"] == "vanilla":
+            continue
+        if c["config"] == "early_exit" and c["reference"] not in exit_references:
             continue
         lines.append(
             f"| {c['config']} | {c['reference']} | {c['set']} | {100 * c['difference']:+.1f} {interval(c['ci_low'], c['ci_high'])} "

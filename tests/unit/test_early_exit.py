@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drllm_core.early_exit import EarlyExit, choose_exit, exit_layers
+from drllm_core.early_exit import EarlyExit, choose_exit, exit_layers, exit_path
 from drllm_core.engine import PathEngine
 from drllm_core.errors import ConfigError
 from drllm_core.evaluation import Configuration, EvaluateSettings, EvaluationRunner
@@ -30,7 +30,7 @@ def _scorer(tasks=None) -> ExampleScorer:
 def test_exit_layers_are_depths_of_the_model_each_leaving_a_layer_to_skip():
     assert exit_layers([0.3, 0.5, 0.67, 0.8, 0.9], 30) == [9, 15, 20, 24, 27]
     assert exit_layers([0.01, 0.5, 0.99], 6) == [1, 3, 5]
-    assert EarlyExit(2, 0.0).path(4) == LayerPath((1, 1, 0, 0))
+    assert exit_path(2, 4) == LayerPath((1, 1, 0, 0))
     counts = EarlyExit(2, 0.5).counts([0.4, 0.6, float("nan")], 4)
     assert counts.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]]
 
@@ -42,7 +42,7 @@ def test_the_exit_kept_is_the_layer_keeping_most_of_vanillas_answers_at_the_budg
     assert [row["layer"] for row in trace] == [2, 3, 4]
     vanilla = scorer.score(EXAMPLES, torch.tensor([[1] * 6] * len(EXAMPLES)), 5)
     for row in trace:
-        path = EarlyExit(row["layer"], row["threshold"]).path(6)
+        path = exit_path(row["layer"], 6)
         exits = scorer.score(EXAMPLES, torch.tensor([path.counts] * len(EXAMPLES)), 5)
         sent = [d.lead > row["threshold"] for d in exits]
         assert sum(sent) == round(len(EXAMPLES) / (6 - row["layer"]))  # one block per question, surest first
